@@ -1,0 +1,142 @@
+"""Database engine and transactions (pg8000; every statement inside an explicit transaction)."""
+
+from __future__ import annotations
+
+import logging
+import ssl
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
+
+from sqlalchemy import Connection, Engine, create_engine
+from sqlalchemy import exc as sa_exc
+
+from genjobs.errors import ConfigurationError, DatabaseUnavailable
+from genjobs.settings import Settings
+
+log = logging.getLogger(__name__)
+
+# Connection-level failures: the database is down, restarting or unreachable.
+_UNAVAILABLE_SQLSTATES = {"57P01", "57P02", "57P03", "53300", "08000", "08001", "08003", "08006"}
+
+
+class Database:
+    """A small pool and explicit transactions; nothing else holds connections."""
+
+    def __init__(self, engine: Engine) -> None:
+        self.engine = engine
+
+    @contextmanager
+    def transaction(self) -> Iterator[Connection]:
+        """One transaction (BEGIN … COMMIT): the only way statements reach the pooler."""
+        try:
+            with self.engine.begin() as conn:
+                yield conn
+        except sa_exc.DBAPIError as error:
+            if is_unavailable(error):
+                raise DatabaseUnavailable("the database is unavailable; retry shortly") from error
+            raise
+
+    def dispose(self) -> None:
+        """Close pooled connections (tests, shutdown)."""
+        self.engine.dispose()
+
+
+def is_unavailable(error: sa_exc.DBAPIError) -> bool:
+    """True for errors a retry can fix: connection lost or refused, server shutting down."""
+    if error.connection_invalidated or isinstance(error, sa_exc.InterfaceError):
+        return True
+    original = error.orig
+    args = getattr(original, "args", ())
+    sqlstate = args[0].get("C") if args and isinstance(args[0], dict) else None
+    if sqlstate in _UNAVAILABLE_SQLSTATES:
+        return True
+    # pg8000 reports socket failures as InterfaceError/OperationalError without a SQLSTATE.
+    return sqlstate is None and isinstance(error, sa_exc.OperationalError)
+
+
+def create_database(settings: Settings) -> Database:
+    """The engine for DATABASE_URL, a Cloud SQL instance, or (locally) embedded Postgres."""
+    options: dict[str, Any] = {
+        "pool_size": settings.db_pool_size,
+        "max_overflow": 0,
+        "pool_timeout": settings.db_pool_timeout_seconds,
+        "pool_pre_ping": True,
+        "pool_recycle": 300,
+    }
+    if settings.database_url is not None:
+        url, connect_args = pg8000_url(settings.database_url.reveal())
+        options["connect_args"] = connect_args
+    elif settings.cloud_sql_instance:
+        url = "postgresql+pg8000://"
+        options["creator"] = _cloud_sql_creator(settings)
+    elif settings.is_local:
+        url, connect_args = pg8000_url(embedded_database_url(settings.embedded_pg_dir))
+        options["connect_args"] = connect_args
+    else:
+        raise ConfigurationError("no database configured: set DATABASE_URL or CLOUD_SQL_INSTANCE")
+    return Database(create_engine(url, **options))
+
+
+def pg8000_url(url: str) -> tuple[str, dict[str, Any]]:
+    """Turn a libpq-style URL (postgres://…?sslmode=require) into pg8000's URL and arguments."""
+    parts = urlsplit(url)
+    scheme = parts.scheme.split("+")[0]
+    if scheme not in {"postgres", "postgresql"}:
+        raise ConfigurationError("DATABASE_URL must be a postgres:// or postgresql:// URL")
+    query = dict(parse_qsl(parts.query))
+    sslmode = query.pop("sslmode", "prefer" if parts.hostname not in _LOCAL_HOSTS else "disable")
+    connect_args: dict[str, Any] = {}
+    if sslmode in {"require", "prefer"} and parts.hostname not in _LOCAL_HOSTS:
+        # libpq's `require`: encrypted, certificate not verified (Supabase's pooler default).
+        context = ssl.create_default_context()
+        context.check_hostname = False
+        context.verify_mode = ssl.CERT_NONE
+        connect_args["ssl_context"] = context
+    elif sslmode in {"verify-ca", "verify-full"}:
+        connect_args["ssl_context"] = ssl.create_default_context()
+    if "host" in query and query["host"].startswith("/"):
+        # libpq's socket directory form, as printed by pgserver.
+        connect_args["unix_sock"] = f"{query.pop('host')}/.s.PGSQL.{parts.port or 5432}"
+    rebuilt = urlunsplit(("postgresql+pg8000", parts.netloc, parts.path, urlencode(query), ""))
+    return rebuilt, connect_args
+
+
+_LOCAL_HOSTS = {None, "", "localhost", "127.0.0.1", "::1"}
+
+
+def embedded_database_url(data_dir: str) -> str:
+    """Start (or join) the embedded pgserver Postgres; data stays in a git-ignored folder."""
+    try:
+        import pgserver
+    except ImportError as error:
+        raise ConfigurationError(
+            "no DATABASE_URL and the embedded Postgres (pgserver) is not installed"
+        ) from error
+    path = Path(data_dir).resolve()
+    path.mkdir(parents=True, exist_ok=True)
+    server = pgserver.get_server(str(path), cleanup_mode=None)
+    uri: str = server.get_uri()
+    return uri
+
+
+def _cloud_sql_creator(settings: Settings) -> Callable[[], Any]:
+    # Imported here: only Cloud SQL deployments pay for the connector at cold start.
+    from google.cloud.sql.connector import Connector
+
+    connector = Connector(refresh_strategy="lazy")
+    password = settings.db_password.reveal() if settings.db_password else None
+
+    def connect() -> Any:
+        return connector.connect(
+            settings.cloud_sql_instance,
+            "pg8000",
+            user=settings.db_user,
+            password=password,
+            db=settings.db_name,
+            enable_iam_auth=settings.db_iam_auth,
+        )
+
+    return connect
