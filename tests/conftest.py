@@ -1,0 +1,112 @@
+"""Shared fixtures: a real, migrated Postgres database for the whole session."""
+
+from __future__ import annotations
+
+import os
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+from urllib.parse import urlsplit, urlunsplit
+
+import pytest
+from alembic import command
+from alembic.config import Config
+from sqlalchemy import create_engine, text
+
+from genjobs.db import Database, create_database, embedded_database_url, pg8000_url
+from genjobs.settings import Settings, load_settings
+
+ROOT = Path(__file__).resolve().parents[1]
+SHIM = ROOT / "devstack" / "supabase_shim.sql"
+
+
+def server_url() -> str:
+    """TEST_DATABASE_URL (any database on the server), else the embedded Postgres."""
+    given = os.environ.get("TEST_DATABASE_URL")
+    if given:
+        return given
+    return embedded_database_url(str(ROOT / ".local" / "test-pgdata"))
+
+
+def with_database(url: str, name: str) -> str:
+    """The same server URL pointing at another database."""
+    parts = urlsplit(url)
+    return urlunsplit((parts.scheme, parts.netloc, f"/{name}", parts.query, ""))
+
+
+def with_host_port(url: str, hostport: str) -> str:
+    """The same URL through another host:port (PgBouncer)."""
+    parts = urlsplit(url)
+    user = parts.netloc.rsplit("@", 1)[0] + "@" if "@" in parts.netloc else ""
+    return urlunsplit((parts.scheme, user + hostport, parts.path, parts.query, ""))
+
+
+def admin_execute(url: str, *statements: str) -> None:
+    """Run statements outside a transaction (CREATE/DROP DATABASE)."""
+    pg_url, args = pg8000_url(url)
+    engine = create_engine(pg_url, connect_args=args, isolation_level="AUTOCOMMIT")
+    try:
+        with engine.connect() as conn:
+            for statement in statements:
+                conn.execute(text(statement))
+    finally:
+        engine.dispose()
+
+
+def apply_shim_and_migrations(url: str) -> None:
+    """Give plain Postgres what Supabase provides, then migrate to head."""
+    pg_url, args = pg8000_url(url)
+    engine = create_engine(pg_url, connect_args=args)
+    try:
+        with engine.begin() as conn:
+            conn.exec_driver_sql(SHIM.read_text())
+        config = Config(str(ROOT / "alembic.ini"))
+        with engine.begin() as conn:
+            config.attributes["connection"] = conn
+            command.upgrade(config, "head")
+    finally:
+        engine.dispose()
+
+
+@pytest.fixture(scope="session")
+def database_url() -> Iterator[str]:
+    """A fresh, migrated database for this test session; dropped afterwards."""
+    base = server_url()
+    name = f"genjobs_test_{uuid.uuid4().hex[:10]}"
+    admin_execute(base, f'CREATE DATABASE "{name}"')
+    url = with_database(base, name)
+    try:
+        apply_shim_and_migrations(url)
+        yield url
+    finally:
+        admin_execute(base, f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
+
+@pytest.fixture(scope="session")
+def app_database_url(database_url: str) -> str:
+    """The URL the functions use: through PgBouncer when TEST_PGBOUNCER is host:port."""
+    bouncer = os.environ.get("TEST_PGBOUNCER")
+    return with_host_port(database_url, bouncer) if bouncer else database_url
+
+
+@pytest.fixture(scope="session")
+def settings(app_database_url: str) -> Settings:
+    """Local settings pointing at the test database."""
+    return load_settings("cli", {"DATABASE_URL": app_database_url, "DB_POOL_SIZE": "3"})
+
+
+@pytest.fixture(scope="session")
+def db(settings: Settings) -> Iterator[Database]:
+    """The project's Database on the test database."""
+    database = create_database(settings)
+    yield database
+    database.dispose()
+
+
+@pytest.fixture
+def clean_db(db: Database) -> Database:
+    """The database with no jobs left by earlier tests."""
+    with db.transaction() as conn:
+        conn.execute(text("TRUNCATE generation_logs, generations"))
+    return db
+

@@ -1,0 +1,93 @@
+"""The job store's guarded transitions on real Postgres."""
+
+from __future__ import annotations
+
+import uuid
+
+from sqlalchemy import text
+
+from genjobs.db import Database
+from genjobs.statuses import Event, Status
+from genjobs import store
+
+USER = uuid.UUID("00000000-0000-4000-8000-00000000000a")
+
+
+def new_job(key: str | None = None, user: uuid.UUID = USER) -> store.NewJob:
+    return store.NewJob(
+        user_id=user, task="summarize", input={"text": "hello"}, metadata={},
+        idempotency_key=key, request_hash="h", trace_id=None, max_attempts=3,
+    )
+
+
+def events(db: Database, job_id: uuid.UUID) -> list[str]:
+    with db.transaction() as conn:
+        rows = conn.execute(
+            text("SELECT event FROM generation_logs WHERE generation_id = :id ORDER BY id"),
+            {"id": job_id},
+        )
+        return [r.event for r in rows]
+
+
+def test_insert_claim_succeed_writes_one_log_row_per_event(clean_db: Database) -> None:
+    with clean_db.transaction() as conn:
+        job = store.insert_job(conn, new_job())
+    assert job is not None and job.status is Status.QUEUED
+    with clean_db.transaction() as conn:
+        store.mark_published(conn, job.id, "m-1")
+        store.mark_published(conn, job.id, "m-2")  # second publish is not logged again
+    delivery = store.Delivery("m-1", 1)
+    with clean_db.transaction() as conn:
+        claim = store.claim_job(conn, job.id, 60, delivery)
+    assert claim.claimed and claim.job is not None and claim.job.attempts == 1
+    with clean_db.transaction() as conn:
+        again = store.claim_job(conn, job.id, 60, delivery)
+    assert not again.claimed and again.job is not None and again.job.status is Status.PROCESSING
+    outcome = store.Outcome(Status.SUCCEEDED, Event.SUCCEEDED, result={"text": "ok"},
+                            model="m", prompt_tokens=3, completion_tokens=4, latency_ms=5)
+    with clean_db.transaction() as conn:
+        done = store.finish_attempt(conn, claim.job, outcome, delivery)
+    assert done is not None and done.status is Status.SUCCEEDED and done.result == {"text": "ok"}
+    with clean_db.transaction() as conn:
+        late = store.finish_attempt(conn, claim.job, outcome, delivery)
+    assert late is None
+    assert events(clean_db, job.id) == ["queued", "published", "started", "succeeded"]
+
+
+def test_idempotency_key_conflict_returns_none_and_usage_sees_existing(clean_db: Database) -> None:
+    with clean_db.transaction() as conn:
+        first = store.insert_job(conn, new_job("k1"))
+        second = store.insert_job(conn, new_job("k1"))
+        usage = store.user_usage(conn, USER, "k1")
+    assert first is not None and second is None
+    assert usage.existing is not None and usage.existing.id == first.id
+    assert usage.active_jobs == 1 and usage.submitted_last_minute == 1
+
+
+def test_cancel_only_unfinished_and_fencing_refuses_the_worker(clean_db: Database) -> None:
+    with clean_db.transaction() as conn:
+        job = store.insert_job(conn, new_job())
+    assert job is not None
+    with clean_db.transaction() as conn:
+        claim = store.claim_job(conn, job.id, 60, store.Delivery())
+        cancelled = store.cancel_job(conn, job.id, USER)
+        assert cancelled is not None and cancelled.status is Status.CANCELLED
+        assert store.cancel_job(conn, job.id, USER) is None
+    assert claim.job is not None
+    outcome = store.Outcome(Status.SUCCEEDED, Event.SUCCEEDED, result="x")
+    with clean_db.transaction() as conn:
+        assert store.finish_attempt(conn, claim.job, outcome, store.Delivery()) is None
+
+
+def test_list_is_keyset_paginated_newest_first(clean_db: Database) -> None:
+    with clean_db.transaction() as conn:
+        ids = [store.insert_job(conn, new_job(f"k{i}")) for i in range(5)]
+    seen: list[uuid.UUID] = []
+    cursor = None
+    while True:
+        with clean_db.transaction() as conn:
+            page, cursor = store.list_jobs(conn, USER, limit=2, cursor=cursor)
+        seen += [j.id for j in page]
+        if cursor is None:
+            break
+    assert len(seen) == 5 and set(seen) == {j.id for j in ids if j}
