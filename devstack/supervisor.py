@@ -1,0 +1,142 @@
+"""Starts local processes, restarts the ones that die, and stops them all together."""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import IO
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+@dataclass
+class Service:
+    """One local process: what to run, where it listens, and whether to restart it."""
+
+    name: str
+    argv: Sequence[str]
+    port: int
+    env: Mapping[str, str] = field(default_factory=dict)
+    restart: bool = True
+    process: subprocess.Popen[bytes] | None = None
+    restarts: int = 0
+    next_start: float = 0.0
+
+
+def wait_for_port(port: int, timeout: float, host: str = "127.0.0.1") -> bool:
+    """True once something accepts TCP connections on host:port."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            with socket.create_connection((host, port), timeout=0.2):
+                return True
+        except OSError:
+            time.sleep(0.05)
+    return False
+
+
+def free_port() -> int:
+    """An unused local TCP port (for tests running a stack beside `make run`)."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port: int = sock.getsockname()[1]
+        return port
+
+
+def function_argv(target: str, port: int) -> list[str]:
+    """functions-framework serving one entry point of functions/main.py."""
+    return [
+        sys.executable, "-m", "functions_framework",
+        "--source", str(ROOT / "functions" / "main.py"),
+        "--target", target, "--host", "127.0.0.1", "--port", str(port),
+    ]
+
+
+class Supervisor:
+    """Runs services as process groups; `stop()` leaves nothing running."""
+
+    def __init__(self, services: Sequence[Service], log: IO[str] | None = None) -> None:
+        self.services = list(services)
+        self.log = log or sys.stderr
+        self._stopping = False
+
+    def start(self, ready_timeout: float = 30) -> None:
+        """Start every service and wait until each listens on its port."""
+        for service in self.services:
+            self._spawn(service)
+        for service in self.services:
+            if not wait_for_port(service.port, ready_timeout):
+                self.stop()
+                raise RuntimeError(f"{service.name} did not listen on port {service.port}")
+
+    def _spawn(self, service: Service) -> None:
+        env = {**os.environ, **service.env}
+        service.process = subprocess.Popen(
+            list(service.argv), env=env, cwd=ROOT, start_new_session=True
+        )
+
+    def check(self) -> None:
+        """Restart any service that died, with a growing delay (as the platform would)."""
+        now = time.monotonic()
+        for service in self.services:
+            process = service.process
+            if self._stopping or process is None or process.poll() is None or not service.restart:
+                continue
+            if service.next_start == 0.0:
+                delay = min(10.0, 0.5 * 2 ** min(service.restarts, 5))
+                service.next_start = now + delay
+                print(
+                    f"[dev] {service.name} exited with {process.returncode}; "
+                    f"restarting in {delay:.1f}s",
+                    file=self.log, flush=True,
+                )
+            elif now >= service.next_start:
+                service.restarts += 1
+                service.next_start = 0.0
+                self._spawn(service)
+
+    def run_forever(self) -> None:
+        """Supervise until SIGINT/SIGTERM, then stop everything."""
+        signal.signal(signal.SIGTERM, lambda *_: (_ for _ in ()).throw(KeyboardInterrupt()))
+        try:
+            while True:
+                self.check()
+                time.sleep(0.25)
+        except KeyboardInterrupt:
+            pass
+        finally:
+            self.stop()
+
+    def kill(self, name: str, sig: int = signal.SIGKILL) -> None:
+        """Send a signal to one service's process group (fault tests)."""
+        for service in self.services:
+            if service.name == name and service.process is not None:
+                _signal_group(service.process, sig)
+
+    def stop(self, grace: float = 5.0) -> None:
+        """Terminate every process group, then kill what is left after `grace` seconds."""
+        self._stopping = True
+        running = [s.process for s in self.services if s.process and s.process.poll() is None]
+        for process in running:
+            _signal_group(process, signal.SIGTERM)
+        deadline = time.monotonic() + grace
+        for process in running:
+            try:
+                process.wait(max(0.0, deadline - time.monotonic()))
+            except subprocess.TimeoutExpired:
+                _signal_group(process, signal.SIGKILL)
+                process.wait()
+
+
+def _signal_group(process: subprocess.Popen[bytes], sig: int) -> None:
+    try:
+        os.killpg(process.pid, sig)
+    except ProcessLookupError:
+        pass

@@ -1,0 +1,1 @@
+"""The HTTP api function: the frontend's contract."""

@@ -1,0 +1,214 @@
+"""The OpenAPI 3.1 document, generated from the same pydantic models the routes use."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from pydantic.json_schema import models_json_schema
+
+from genjobs.api.schemas import (
+    Health,
+    JobPage,
+    JobView,
+    Problem,
+    SubmitRequest,
+    TaskList,
+)
+from genjobs.tasks import Task
+
+REF = "#/components/schemas/{model}"
+PROBLEM = "application/problem+json"
+
+
+def _ref(name: str) -> dict[str, str]:
+    return {"$ref": REF.format(model=name)}
+
+
+def _json(name: str, description: str, headers: dict[str, Any] | None = None) -> dict[str, Any]:
+    response: dict[str, Any] = {
+        "description": description,
+        "content": {"application/json": {"schema": _ref(name)}},
+    }
+    if headers:
+        response["headers"] = headers
+    return response
+
+
+def _problem(description: str, headers: dict[str, Any] | None = None) -> dict[str, Any]:
+    response: dict[str, Any] = {
+        "description": description,
+        "content": {PROBLEM: {"schema": _ref("Problem")}},
+    }
+    if headers:
+        response["headers"] = headers
+    return response
+
+
+_RETRY_AFTER = {"Retry-After": {"schema": {"type": "integer"}, "description": "Seconds to wait."}}
+_WWW_AUTH = {"WWW-Authenticate": {"schema": {"type": "string"}}}
+_LOCATION = {"Location": {"schema": {"type": "string"}, "description": "The job's URL."}}
+
+_AUTH_ERRORS = {
+    "401": _problem("Missing or invalid access token.", _WWW_AUTH),
+    "503": _problem("Database or key set unavailable; retry.", _RETRY_AFTER),
+}
+_ID_PARAM = {
+    "name": "job_id",
+    "in": "path",
+    "required": True,
+    "schema": {"type": "string"},
+    "description": "The job id (a UUID; anything else is 404).",
+}
+
+
+def _paths() -> dict[str, Any]:
+    return {
+        "/v1/generations": {
+            "post": {
+                "operationId": "submitGeneration",
+                "summary": "Submit a generation job.",
+                "security": [{"supabase": []}],
+                "parameters": [
+                    {
+                        "name": "Idempotency-Key",
+                        "in": "header",
+                        "required": False,
+                        "schema": {"type": "string", "minLength": 1, "maxLength": 255},
+                    }
+                ],
+                "requestBody": {
+                    "required": True,
+                    "content": {"application/json": {"schema": _ref("SubmitRequest")}},
+                },
+                "responses": {
+                    "202": _json("JobView", "Stored and queued.", _LOCATION),
+                    "200": _json(
+                        "JobView",
+                        "Replay of an earlier request with the same Idempotency-Key.",
+                        {**_LOCATION, "Idempotent-Replayed": {"schema": {"type": "string"}}},
+                    ),
+                    "400": _problem("Body is not JSON."),
+                    "409": _problem("Same Idempotency-Key still in progress."),
+                    "413": _problem("Body or metadata too large."),
+                    "415": _problem("Body is not application/json."),
+                    "422": _problem("Validation failed or Idempotency-Key reused."),
+                    "429": _problem("Rate limit, active jobs or token budget.", _RETRY_AFTER),
+                    **_AUTH_ERRORS,
+                },
+            },
+            "get": {
+                "operationId": "listGenerations",
+                "summary": "The caller's jobs, newest first.",
+                "security": [{"supabase": []}],
+                "parameters": [
+                    {
+                        "name": "status",
+                        "in": "query",
+                        "schema": {
+                            "type": "string",
+                            "enum": ["queued", "processing", "succeeded", "failed", "cancelled"],
+                        },
+                    },
+                    {"name": "task", "in": "query", "schema": {"type": "string"}},
+                    {
+                        "name": "limit",
+                        "in": "query",
+                        "schema": {"type": "integer", "minimum": 1, "maximum": 100},
+                    },
+                    {"name": "cursor", "in": "query", "schema": {"type": "string"}},
+                ],
+                "responses": {
+                    "200": _json("JobPage", "A page of jobs."),
+                    "422": _problem("Invalid query parameters."),
+                    **_AUTH_ERRORS,
+                },
+            },
+        },
+        "/v1/generations/{job_id}": {
+            "get": {
+                "operationId": "getGeneration",
+                "summary": "One of the caller's jobs.",
+                "security": [{"supabase": []}],
+                "parameters": [_ID_PARAM],
+                "responses": {
+                    "200": _json("JobView", "The job."),
+                    "404": _problem("No such job for this caller."),
+                    **_AUTH_ERRORS,
+                },
+            }
+        },
+        "/v1/generations/{job_id}/cancel": {
+            "post": {
+                "operationId": "cancelGeneration",
+                "summary": "Cancel a job that has not ended.",
+                "security": [{"supabase": []}],
+                "parameters": [_ID_PARAM],
+                "responses": {
+                    "200": _json("JobView", "The cancelled job."),
+                    "404": _problem("No such job for this caller."),
+                    "409": _problem("The job has already ended."),
+                    **_AUTH_ERRORS,
+                },
+            }
+        },
+        "/v1/tasks": {
+            "get": {
+                "operationId": "listTasks",
+                "summary": "Registered tasks and their input schemas.",
+                "responses": {"200": _json("TaskList", "The tasks.")},
+            }
+        },
+        "/healthz": {
+            "get": {
+                "operationId": "health",
+                "summary": "Liveness and a cheap database check.",
+                "responses": {
+                    "200": _json("Health", "Healthy."),
+                    "503": _json("Health", "Database unavailable.", _RETRY_AFTER),
+                },
+            }
+        },
+        "/openapi.json": {
+            "get": {
+                "operationId": "openapi",
+                "summary": "This document.",
+                "responses": {
+                    "200": {
+                        "description": "OpenAPI 3.1",
+                        "content": {"application/json": {"schema": {"type": "object"}}},
+                    }
+                },
+            }
+        },
+    }
+
+
+def openapi_document(tasks: dict[str, Task]) -> dict[str, Any]:
+    """The whole document; task names are listed in SubmitRequest.task's description."""
+    models = [SubmitRequest, JobView, JobPage, TaskList, Health, Problem]
+    _, definitions = models_json_schema(
+        [(m, "serialization" if m is not SubmitRequest else "validation") for m in models],
+        ref_template=REF,
+    )
+    schemas = definitions.get("$defs", {})
+    schemas["SubmitRequest"]["properties"]["task"]["enum"] = sorted(tasks)
+    return {
+        "openapi": "3.1.0",
+        "info": {
+            "title": "genjobs api",
+            "version": "1.0.0",
+            "description": "Submit AI generation jobs and follow them until they end.",
+        },
+        "paths": _paths(),
+        "components": {
+            "schemas": schemas,
+            "securitySchemes": {
+                "supabase": {
+                    "type": "http",
+                    "scheme": "bearer",
+                    "bearerFormat": "JWT",
+                    "description": "The user's Supabase access token.",
+                }
+            },
+        },
+    }

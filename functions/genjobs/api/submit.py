@@ -1,0 +1,190 @@
+"""Submitting a job: validate, enforce the user's limits, store, then publish."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import uuid
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+from pydantic import ValidationError
+
+from genjobs import store
+from genjobs.api.schemas import SubmitRequest
+from genjobs.db import Database
+from genjobs.errors import (
+    IdempotencyKeyReused,
+    InvalidRequest,
+    PayloadTooLarge,
+    RateLimited,
+)
+from genjobs.jobs import Job
+from genjobs.publisher import JobPublisher
+from genjobs.settings import Settings
+from genjobs.tasks import Task
+
+log = logging.getLogger(__name__)
+
+MAX_IDEMPOTENCY_KEY_LENGTH = 255
+DEFAULT_MAX_ATTEMPTS = 5
+
+
+@dataclass(frozen=True)
+class Submitted:
+    """The job and whether it was created now or replayed for an idempotency key."""
+
+    job: Job
+    replayed: bool
+
+
+def field_errors(error: ValidationError, prefix: str = "") -> list[dict[str, str]]:
+    """Pydantic errors as problem+json `errors` entries (`field`, `message`)."""
+    result = []
+    for item in error.errors(include_url=False, include_input=False):
+        path = ".".join(str(p) for p in item["loc"])
+        field = f"{prefix}.{path}" if prefix and path else (prefix or path or "body")
+        result.append({"field": field, "message": item["msg"]})
+    return result
+
+
+def parse_submission(
+    body: Any, tasks: dict[str, Task], settings: Settings
+) -> tuple[Task, dict[str, Any], dict[str, Any]]:
+    """Validate the body and the task's input; return the task, normalized input and metadata."""
+    try:
+        request = SubmitRequest.model_validate(body)
+    except ValidationError as error:
+        raise InvalidRequest("the request body is invalid", field_errors(error)) from error
+    task = tasks.get(request.task)
+    if task is None:
+        known = ", ".join(sorted(tasks))
+        raise InvalidRequest(
+            f"unknown task {request.task!r}",
+            [{"field": "task", "message": f"must be one of: {known}"}],
+        )
+    metadata = request.metadata or {}
+    if len(_canonical(metadata)) > settings.max_metadata_bytes:
+        raise PayloadTooLarge(
+            f"metadata is over {settings.max_metadata_bytes} bytes",
+        )
+    try:
+        normalized = task.input_model.model_validate(request.input).model_dump(
+            mode="json", exclude_none=True
+        )
+    except ValidationError as error:
+        raise InvalidRequest("the task input is invalid", field_errors(error, "input")) from error
+    return task, normalized, metadata
+
+
+def check_idempotency_key(key: str | None) -> str | None:
+    """Keys are 1–255 printable ASCII characters."""
+    if key is None:
+        return None
+    if not 0 < len(key) <= MAX_IDEMPOTENCY_KEY_LENGTH or not key.isascii() or not key.isprintable():
+        raise InvalidRequest(
+            "invalid Idempotency-Key",
+            [{"field": "Idempotency-Key", "message": "1 to 255 printable ASCII characters"}],
+        )
+    return key
+
+
+def request_hash(task: str, data: dict[str, Any], metadata: dict[str, Any]) -> str:
+    """A fingerprint of what was asked, to tell a replay from a reused key."""
+    return hashlib.sha256(_canonical({"task": task, "input": data, "metadata": metadata})).hexdigest()
+
+
+def _canonical(value: Any) -> bytes:
+    return json.dumps(value, sort_keys=True, separators=(",", ":"), ensure_ascii=False).encode()
+
+
+class SubmitService:
+    """Stores a job (durable from then on) and publishes its id."""
+
+    def __init__(
+        self, settings: Settings, db: Database, publisher: JobPublisher, tasks: dict[str, Task]
+    ) -> None:
+        self.settings = settings
+        self.db = db
+        self.publisher = publisher
+        self.tasks = tasks
+
+    def submit(
+        self, user_id: uuid.UUID, body: Any, idempotency_key: str | None, trace_id: str | None
+    ) -> Submitted:
+        """Create the job or replay the one made with the same key and body."""
+        key = check_idempotency_key(idempotency_key)
+        task, data, metadata = parse_submission(body, self.tasks, self.settings)
+        fingerprint = request_hash(task.name, data, metadata)
+        with self.db.transaction() as conn:
+            usage = store.user_usage(conn, user_id, key)
+            if usage.existing is not None:
+                if usage.existing.request_hash != fingerprint:
+                    raise IdempotencyKeyReused(
+                        "this Idempotency-Key was used with a different request body"
+                    )
+                return Submitted(usage.existing, replayed=True)
+            self._check_limits(usage)
+            job = store.insert_job(
+                conn,
+                store.NewJob(
+                    user_id=user_id,
+                    task=task.name,
+                    input=data,
+                    metadata=metadata,
+                    idempotency_key=key,
+                    request_hash=fingerprint,
+                    trace_id=trace_id,
+                    max_attempts=DEFAULT_MAX_ATTEMPTS,
+                ),
+            )
+        if job is None:  # unreachable under the per-user lock; kept as a guard
+            raise IdempotencyKeyReused("this Idempotency-Key is already in use")
+        self._publish(job)
+        return Submitted(job, replayed=False)
+
+    def _check_limits(self, usage: store.UserUsage) -> None:
+        s = self.settings
+        if usage.submitted_last_minute >= s.submits_per_minute:
+            raise RateLimited(
+                f"at most {s.submits_per_minute} submissions per minute",
+                retry_after=60,
+                code="rate_limited",
+            )
+        if usage.active_jobs >= s.max_active_jobs:
+            raise RateLimited(
+                f"at most {s.max_active_jobs} unfinished jobs at a time",
+                retry_after=5,
+                code="too_many_active_jobs",
+            )
+        if usage.tokens_today >= s.daily_token_budget:
+            now = datetime.now(UTC)
+            midnight = (now + timedelta(days=1)).replace(hour=0, minute=0, second=0, microsecond=0)
+            raise RateLimited(
+                f"the daily budget of {s.daily_token_budget} tokens is spent",
+                retry_after=int((midnight - now).total_seconds()) + 1,
+                code="token_budget_exhausted",
+            )
+
+    def _publish(self, job: Job) -> None:
+        """Publish after commit; a failure leaves the job queued for the sweeper."""
+        attributes = {"task": job.task}
+        if job.trace_id:
+            attributes["trace_id"] = job.trace_id
+        try:
+            message_id = self.publisher.publish(job.id, attributes)
+        except Exception:
+            log.warning(
+                "publish failed; the sweeper will publish this job",
+                exc_info=True,
+                extra={"job_id": job.id},
+            )
+            return
+        try:
+            with self.db.transaction() as conn:
+                store.mark_published(conn, job.id, message_id)
+        except Exception:
+            # The message is out; a missing published_at only risks one extra publish later.
+            log.warning("could not record publish", exc_info=True, extra={"job_id": job.id})
