@@ -82,11 +82,20 @@ def database_url() -> Iterator[str]:
         admin_execute(base, f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
 
 
-@pytest.fixture(scope="session")
-def app_database_url(database_url: str) -> str:
-    """The URL the functions use: through PgBouncer when TEST_PGBOUNCER is host:port."""
+@pytest.fixture(scope="session", params=["direct", "pgbouncer"])
+def app_database_url(request: pytest.FixtureRequest, database_url: str) -> str:
+    """The URL the functions use: straight to Postgres, and through PgBouncer in transaction mode."""
+    if request.param == "direct":
+        return database_url
     bouncer = os.environ.get("TEST_PGBOUNCER")
-    return with_host_port(database_url, bouncer) if bouncer else database_url
+    if not bouncer:
+        if os.environ.get("CI"):
+            pytest.fail("CI must also run the database tests through PgBouncer: set TEST_PGBOUNCER")
+        pytest.skip(
+            "PgBouncer variant not run: start one with `devstack/pgbouncer.sh start` "
+            "and set TEST_PGBOUNCER=127.0.0.1:6432 (needs TEST_DATABASE_URL on 127.0.0.1:5432)"
+        )
+    return with_host_port(database_url, bouncer)
 
 
 @pytest.fixture(scope="session")

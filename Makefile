@@ -1,0 +1,39 @@
+# Two commands for a fresh machine: `make run` (the whole pipeline) and `make test` (everything).
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+
+.PHONY: run test token lint typecheck unit migrate bench clean
+
+$(STAMP): requirements.txt requirements-dev.txt pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+	$(BIN)/python -m pip install --quiet -r requirements-dev.txt
+	$(BIN)/python -m pip install --quiet --no-deps -e .
+	touch $@
+
+run: $(STAMP) ## api, worker, dead_letter, Pub/Sub emulator, stub model, embedded Postgres
+	$(BIN)/genjobs dev
+
+test: lint typecheck ## ruff, mypy, then every test
+	$(BIN)/python -m pytest $(PYTEST_ARGS)
+
+token: $(STAMP) ## print an access token for the demo user
+	@$(BIN)/genjobs token
+
+migrate: $(STAMP) ## apply migrations to DATABASE_URL (or the embedded Postgres)
+	$(BIN)/genjobs migrate
+
+lint: $(STAMP)
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+
+typecheck: $(STAMP)
+	$(BIN)/mypy
+
+unit: $(STAMP) ## the fast tests only
+	$(BIN)/python -m pytest tests/unit -q
+
+clean:
+	rm -rf $(VENV) .local .mypy_cache .ruff_cache .pytest_cache

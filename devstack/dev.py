@@ -1,0 +1,191 @@
+"""`genjobs dev` / `make run`: the whole pipeline on one machine, no cloud account."""
+
+from __future__ import annotations
+
+import os
+import sys
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from devstack.database import prepare_database
+from devstack.supervisor import ROOT, Service, Supervisor, function_argv
+
+TOPOLOGY = ROOT / "infra" / "pubsub.yaml"
+WORKER_SUBSCRIPTION = "generation-jobs-worker"
+PROJECT = "local-project"
+STUB_API_KEY = "local-stub-key"
+
+
+@dataclass(frozen=True)
+class Ports:
+    """Where each local process listens (DESIGN.md's fixed local contract)."""
+
+    api: int = 8080
+    worker: int = 8081
+    dead_letter: int = 8082
+    sweeper: int = 8083
+    pubsub: int = 8085
+    pubsub_http: int = 8086
+    stub_model: int = 8090
+
+    @classmethod
+    def from_env(cls, env: Mapping[str, str]) -> Ports:
+        """Each port overridable by an env var (API_PORT, WORKER_PORT, …)."""
+        defaults = cls()
+        names = {
+            "api": "API_PORT", "worker": "WORKER_PORT", "dead_letter": "DEAD_LETTER_PORT",
+            "sweeper": "SWEEPER_PORT", "pubsub": "PUBSUB_EMULATOR_PORT",
+            "pubsub_http": "PUBSUB_EMULATOR_HTTP_PORT", "stub_model": "STUB_MODEL_PORT",
+        }
+        return cls(**{k: int(env.get(v, getattr(defaults, k))) for k, v in names.items()})
+
+
+@dataclass(frozen=True)
+class StackConfig:
+    """Everything that differs between `make run` and a test's private stack."""
+
+    database_url: str
+    ports: Ports = field(default_factory=Ports)
+    openai_api_key: str | None = None
+    emulator_flags: tuple[str, ...] = ()
+    env: Mapping[str, str] = field(default_factory=dict)
+    worker_threads: int = 64
+
+
+def ack_deadline_seconds(topology: Path = TOPOLOGY) -> int:
+    """The worker subscription's ack deadline: the one place the timing budget starts."""
+    document: dict[str, Any] = yaml.safe_load(topology.read_text())
+    return int(document["subscriptions"][WORKER_SUBSCRIPTION]["ack_deadline_seconds"])
+
+
+def build_services(config: StackConfig) -> list[Service]:
+    """The emulator, the stub model (unless a real key is given) and the functions."""
+    p = config.ports
+    url = "http://127.0.0.1:{}/".format
+    common = {
+        "GENJOBS_ENV": "local",
+        "DATABASE_URL": config.database_url,
+        "GOOGLE_CLOUD_PROJECT": PROJECT,
+        "PUBSUB_EMULATOR_HOST": f"127.0.0.1:{p.pubsub}",
+        "PUSH_CERTS_URL": f"http://127.0.0.1:{p.pubsub_http}/oauth2/v3/certs",
+        "ACK_DEADLINE_SECONDS": str(ack_deadline_seconds()),
+        **config.env,
+    }
+    model_env = (
+        {"OPENAI_API_KEY": config.openai_api_key}
+        if config.openai_api_key
+        else {"OPENAI_API_KEY": STUB_API_KEY, "OPENAI_BASE_URL": f"http://127.0.0.1:{p.stub_model}/v1"}
+    )
+    services = [
+        Service(
+            "pubsub-emulator",
+            [
+                sys.executable, "-m", "devstack.pubsub_emulator",
+                "--port", str(p.pubsub), "--http-port", str(p.pubsub_http),
+                "--project", PROJECT, "--topology", str(TOPOLOGY),
+                "--endpoint", f"worker={url(p.worker)}",
+                "--endpoint", f"dead_letter={url(p.dead_letter)}",
+                *config.emulator_flags,
+            ],
+            p.pubsub,
+            env=common,
+        ),
+    ]
+    if not config.openai_api_key:
+        services.append(
+            Service(
+                "stub-model",
+                [sys.executable, "-m", "devstack.stub_model", "--port", str(p.stub_model)],
+                p.stub_model,
+            )
+        )
+    services += [
+        Service("api", function_argv("api", p.api), p.api, env=common),
+        Service(
+            "worker",
+            function_argv("worker", p.worker),
+            p.worker,
+            env={
+                **common, **model_env, "PUSH_AUDIENCE": url(p.worker),
+                "THREADS": str(config.worker_threads),
+            },
+        ),
+        Service(
+            "dead_letter",
+            function_argv("dead_letter", p.dead_letter),
+            p.dead_letter,
+            env={**common, "PUSH_AUDIENCE": url(p.dead_letter)},
+        ),
+    ]
+    return services
+
+
+def banner(config: StackConfig) -> str:
+    """What `make run` prints once everything listens: URLs, model, a token and a curl line."""
+    from genjobs.auth.minting import mint_user_token
+    from genjobs.settings import LOCAL_JWT_SECRET, LOCAL_SUPABASE_URL
+
+    p = config.ports
+    token = mint_user_token(
+        secret=LOCAL_JWT_SECRET, supabase_url=LOCAL_SUPABASE_URL, ttl_seconds=24 * 3600
+    )
+    model = (
+        "OpenAI (OPENAI_API_KEY is set: jobs cost real money)"
+        if config.openai_api_key
+        else f"LOCAL STUB MODEL at http://127.0.0.1:{p.stub_model}/v1 (set OPENAI_API_KEY for OpenAI)"
+    )
+    return f"""
+================================================================================
+ genjobs local stack is up
+   api           http://127.0.0.1:{p.api}      (OpenAPI: /openapi.json)
+   worker        http://127.0.0.1:{p.worker}      (Pub/Sub push only)
+   dead_letter   http://127.0.0.1:{p.dead_letter}
+   Pub/Sub       emulator on 127.0.0.1:{p.pubsub} (PUBSUB_EMULATOR_HOST)
+   model         {model}
+   database      {_safe_url(config.database_url)}
+
+ A token for the demo user (24 h; `make token` prints another):
+   export TOKEN={token}
+
+ Submit a job, then read it:
+   curl -s -X POST http://127.0.0.1:{p.api}/v1/generations \\
+     -H "Authorization: Bearer $TOKEN" -H 'Content-Type: application/json' \\
+     -d '{{"task":"summarize","input":{{"text":"Pub/Sub pushes each job to the worker."}}}}'
+   curl -s -H "Authorization: Bearer $TOKEN" http://127.0.0.1:{p.api}/v1/generations
+
+ Ctrl-C stops everything.
+================================================================================
+"""
+
+
+def _safe_url(url: str) -> str:
+    """The URL without its password."""
+    if "@" not in url:
+        return url
+    scheme, rest = url.split("://", 1)
+    credentials, host = rest.rsplit("@", 1)
+    return f"{scheme}://{credentials.split(':')[0]}@{host}"
+
+
+def run_dev(fault_profile: bool = False) -> int:
+    """Prepare the database, start and supervise the stack until Ctrl-C."""
+    database_url = prepare_database()
+    flags: tuple[str, ...] = ()
+    if fault_profile:
+        flags = ("--duplicate-rate", "0.1", "--delay-rate", "0.1", "--max-delay", "2")
+    config = StackConfig(
+        database_url=database_url,
+        ports=Ports.from_env(os.environ),
+        openai_api_key=os.environ.get("OPENAI_API_KEY") or None,
+        emulator_flags=flags,
+    )
+    supervisor = Supervisor(build_services(config))
+    supervisor.start()
+    print(banner(config), flush=True)
+    supervisor.run_forever()
+    print("[dev] stopped", flush=True)
+    return 0
