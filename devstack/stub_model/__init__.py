@@ -1,0 +1,30 @@
+"""Local OpenAI-compatible stub model: real HTTP, scripted through the prompt text.
+
+Directives may appear anywhere in the concatenated message contents: ``stub:429``,
+``stub:500``, ``stub:refuse``, ``stub:hang``, ``stub:sleep=SECONDS``,
+``stub:fail=STATUSxN`` and ``stub:tokens=N``. Without a failure directive the answer is
+derived deterministically from the prompt, with usage figures.
+
+CLI: ``python -m devstack.stub_model [--host H] [--port P]``; in-process:
+``StubModelServer(port=0).start()``, then ``.url``, ``.calls()``, ``.stop()``.
+"""
+
+from devstack.stub_model.answers import Directives, count_tokens, schema_instance
+from devstack.stub_model.server import (
+    DEFAULT_HOST,
+    DEFAULT_PORT,
+    StubCall,
+    StubModelServer,
+    main,
+)
+
+__all__ = [
+    "DEFAULT_HOST",
+    "DEFAULT_PORT",
+    "Directives",
+    "StubCall",
+    "StubModelServer",
+    "count_tokens",
+    "main",
+    "schema_instance",
+]
