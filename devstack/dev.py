@@ -12,7 +12,7 @@ from typing import Any
 import yaml
 
 from devstack.database import prepare_database
-from devstack.supervisor import ROOT, Service, Supervisor, function_argv
+from devstack.supervisor import ROOT, Service, Supervisor, function_service
 
 TOPOLOGY = ROOT / "infra" / "pubsub.yaml"
 WORKER_SUBSCRIPTION = "generation-jobs-worker"
@@ -37,9 +37,13 @@ class Ports:
         """Each port overridable by an env var (API_PORT, WORKER_PORT, …)."""
         defaults = cls()
         names = {
-            "api": "API_PORT", "worker": "WORKER_PORT", "dead_letter": "DEAD_LETTER_PORT",
-            "sweeper": "SWEEPER_PORT", "pubsub": "PUBSUB_EMULATOR_PORT",
-            "pubsub_http": "PUBSUB_EMULATOR_HTTP_PORT", "stub_model": "STUB_MODEL_PORT",
+            "api": "API_PORT",
+            "worker": "WORKER_PORT",
+            "dead_letter": "DEAD_LETTER_PORT",
+            "sweeper": "SWEEPER_PORT",
+            "pubsub": "PUBSUB_EMULATOR_PORT",
+            "pubsub_http": "PUBSUB_EMULATOR_HTTP_PORT",
+            "stub_model": "STUB_MODEL_PORT",
         }
         return cls(**{k: int(env.get(v, getattr(defaults, k))) for k, v in names.items()})
 
@@ -78,17 +82,30 @@ def build_services(config: StackConfig) -> list[Service]:
     model_env = (
         {"OPENAI_API_KEY": config.openai_api_key}
         if config.openai_api_key
-        else {"OPENAI_API_KEY": STUB_API_KEY, "OPENAI_BASE_URL": f"http://127.0.0.1:{p.stub_model}/v1"}
+        else {
+            "OPENAI_API_KEY": STUB_API_KEY,
+            "OPENAI_BASE_URL": f"http://127.0.0.1:{p.stub_model}/v1",
+        }
     )
     services = [
         Service(
             "pubsub-emulator",
             [
-                sys.executable, "-m", "devstack.pubsub_emulator",
-                "--port", str(p.pubsub), "--http-port", str(p.pubsub_http),
-                "--project", PROJECT, "--topology", str(TOPOLOGY),
-                "--endpoint", f"worker={url(p.worker)}",
-                "--endpoint", f"dead_letter={url(p.dead_letter)}",
+                sys.executable,
+                "-m",
+                "devstack.pubsub_emulator",
+                "--port",
+                str(p.pubsub),
+                "--http-port",
+                str(p.pubsub_http),
+                "--project",
+                PROJECT,
+                "--topology",
+                str(TOPOLOGY),
+                "--endpoint",
+                f"worker={url(p.worker)}",
+                "--endpoint",
+                f"dead_letter={url(p.dead_letter)}",
                 *config.emulator_flags,
             ],
             p.pubsub,
@@ -104,21 +121,19 @@ def build_services(config: StackConfig) -> list[Service]:
             )
         )
     services += [
-        Service("api", function_argv("api", p.api), p.api, env=common),
-        Service(
+        function_service("api", p.api, common),
+        function_service(
             "worker",
-            function_argv("worker", p.worker),
             p.worker,
-            env={
-                **common, **model_env, "PUSH_AUDIENCE": url(p.worker),
+            {
+                **common,
+                **model_env,
+                "PUSH_AUDIENCE": url(p.worker),
                 "THREADS": str(config.worker_threads),
             },
         ),
-        Service(
-            "dead_letter",
-            function_argv("dead_letter", p.dead_letter),
-            p.dead_letter,
-            env={**common, "PUSH_AUDIENCE": url(p.dead_letter)},
+        function_service(
+            "dead_letter", p.dead_letter, {**common, "PUSH_AUDIENCE": url(p.dead_letter)}
         ),
     ]
     return services
@@ -136,7 +151,8 @@ def banner(config: StackConfig) -> str:
     model = (
         "OpenAI (OPENAI_API_KEY is set: jobs cost real money)"
         if config.openai_api_key
-        else f"LOCAL STUB MODEL at http://127.0.0.1:{p.stub_model}/v1 (set OPENAI_API_KEY for OpenAI)"
+        else f"LOCAL STUB MODEL at http://127.0.0.1:{p.stub_model}/v1 "
+        "(set OPENAI_API_KEY to use OpenAI)"
     )
     return f"""
 ================================================================================

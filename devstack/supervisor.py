@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import socket
@@ -50,21 +51,40 @@ def free_port() -> int:
         return port
 
 
-def function_argv(target: str, port: int) -> list[str]:
-    """functions-framework serving one entry point of functions/main.py."""
-    return [
-        sys.executable, "-m", "functions_framework",
-        "--source", str(ROOT / "functions" / "main.py"),
-        "--target", target, "--host", "127.0.0.1", "--port", str(port),
+def function_service(
+    target: str, port: int, env: Mapping[str, str], *, name: str | None = None, restart: bool = True
+) -> Service:
+    """functions-framework serving one entry point of functions/main.py, as the platform does
+    (FUNCTION_TARGET in the environment)."""
+    argv = [
+        sys.executable,
+        "-m",
+        "functions_framework",
+        "--source",
+        str(ROOT / "functions" / "main.py"),
+        "--host",
+        "127.0.0.1",
+        "--port",
+        str(port),
     ]
+    return Service(
+        name or target, argv, port, env={**env, "FUNCTION_TARGET": target}, restart=restart
+    )
 
 
 class Supervisor:
     """Runs services as process groups; `stop()` leaves nothing running."""
 
-    def __init__(self, services: Sequence[Service], log: IO[str] | None = None) -> None:
+    def __init__(
+        self,
+        services: Sequence[Service],
+        log: IO[str] | None = None,
+        output_dir: Path | None = None,
+    ) -> None:
         self.services = list(services)
         self.log = log or sys.stderr
+        # Tests keep each process's output in a file of its own; `make run` shows it all.
+        self.output_dir = output_dir
         self._stopping = False
 
     def start(self, ready_timeout: float = 30) -> None:
@@ -78,9 +98,21 @@ class Supervisor:
 
     def _spawn(self, service: Service) -> None:
         env = {**os.environ, **service.env}
-        service.process = subprocess.Popen(
-            list(service.argv), env=env, cwd=ROOT, start_new_session=True
-        )
+        output = None
+        if self.output_dir is not None:
+            output = (self.output_dir / f"{service.name}.log").open("ab")
+        try:
+            service.process = subprocess.Popen(
+                list(service.argv),
+                env=env,
+                cwd=ROOT,
+                start_new_session=True,
+                stdout=output,
+                stderr=subprocess.STDOUT if output else None,
+            )
+        finally:
+            if output is not None:
+                output.close()
 
     def check(self) -> None:
         """Restart any service that died, with a growing delay (as the platform would)."""
@@ -95,7 +127,8 @@ class Supervisor:
                 print(
                     f"[dev] {service.name} exited with {process.returncode}; "
                     f"restarting in {delay:.1f}s",
-                    file=self.log, flush=True,
+                    file=self.log,
+                    flush=True,
                 )
             elif now >= service.next_start:
                 service.restarts += 1
@@ -136,7 +169,5 @@ class Supervisor:
 
 
 def _signal_group(process: subprocess.Popen[bytes], sig: int) -> None:
-    try:
+    with contextlib.suppress(ProcessLookupError):
         os.killpg(process.pid, sig)
-    except ProcessLookupError:
-        pass

@@ -3,13 +3,39 @@
 from __future__ import annotations
 
 import functools
-from typing import TYPE_CHECKING
+import json
+import os
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any
 
 import functions_framework
 from flask import Request, Response
 
 if TYPE_CHECKING:
     from genjobs.api.app import ApiApp
+    from genjobs.dead_letter import DeadLetterHandler
+    from genjobs.push import PushAnswer
+    from genjobs.settings import Role, Settings
+    from genjobs.worker import Worker
+
+
+def _settings(role: Role) -> Settings:
+    from genjobs.logs import configure_logging
+    from genjobs.settings import load_settings
+
+    settings = load_settings(role)
+    configure_logging(settings.log_level, settings.google_cloud_project)
+    return settings
+
+
+def _push_verifier(settings: Settings) -> Any:
+    from genjobs.auth import ServiceTokenVerifier
+
+    return ServiceTokenVerifier(
+        audience=settings.push_audience or "",
+        allowed_emails=settings.push_service_accounts,
+        certs_url=settings.push_certs_url,
+    )
 
 
 @functools.cache
@@ -17,23 +43,83 @@ def _api() -> ApiApp:
     from genjobs.api.app import ApiApp
     from genjobs.auth import UserTokenVerifier
     from genjobs.db import create_database
-    from genjobs.logs import configure_logging
     from genjobs.publisher import PubSubJobPublisher
-    from genjobs.settings import load_settings
     from genjobs.tasks import TASKS
 
-    settings = load_settings("api")
-    configure_logging(settings.log_level, settings.google_cloud_project)
+    settings = _settings("api")
     secret = settings.supabase_jwt_secret
     verifier = UserTokenVerifier(
         supabase_url=settings.supabase_url,
         jwt_secret=secret.reveal() if secret else None,
         allow_anonymous=settings.allow_anonymous_users,
     )
-    return ApiApp(settings, create_database(settings), PubSubJobPublisher(settings), verifier, TASKS)
+    return ApiApp(
+        settings, create_database(settings), PubSubJobPublisher(settings), verifier, TASKS
+    )
+
+
+@functools.cache
+def _worker() -> Worker:
+    from genjobs.db import create_database
+    from genjobs.model_client import ModelClient
+    from genjobs.tasks import TASKS
+    from genjobs.worker import Worker
+
+    settings = _settings("worker")
+    return Worker(
+        settings=settings,
+        db=create_database(settings),
+        model=ModelClient.from_settings(settings),
+        tasks=TASKS,
+        verifier=_push_verifier(settings),
+    )
+
+
+@functools.cache
+def _dead_letter() -> DeadLetterHandler:
+    from genjobs.db import create_database
+    from genjobs.dead_letter import DeadLetterHandler
+
+    settings = _settings("dead_letter")
+    return DeadLetterHandler(db=create_database(settings), verifier=_push_verifier(settings))
+
+
+def _push_response(answer: PushAnswer) -> Response:
+    return Response(
+        json.dumps(answer.body),
+        status=answer.status,
+        headers=answer.headers,
+        mimetype="application/json",
+    )
 
 
 @functions_framework.http
 def api(request: Request) -> Response:
     """The public HTTP api (frontend)."""
     return _api()(request)
+
+
+@functions_framework.http
+def worker(request: Request) -> Response:
+    """Pub/Sub push endpoint of the jobs subscription."""
+    answer = _worker().handle(request.headers.get("Authorization"), request.get_data())
+    return _push_response(answer)
+
+
+@functions_framework.http
+def dead_letter(request: Request) -> Response:
+    """Pub/Sub push endpoint of the dead-letter subscription."""
+    answer = _dead_letter().handle(request.headers.get("Authorization"), request.get_data())
+    return _push_response(answer)
+
+
+_FACTORIES: dict[str, Callable[[], object]] = {
+    "api": _api,
+    "worker": _worker,
+    "dead_letter": _dead_letter,
+}
+
+# Cold start builds the instance's function at import, so bad settings fail the deploy
+# (with every problem listed) instead of the first request.
+if os.environ.get("FUNCTION_TARGET") in _FACTORIES:
+    _FACTORIES[os.environ["FUNCTION_TARGET"]]()

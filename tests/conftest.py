@@ -84,7 +84,7 @@ def database_url() -> Iterator[str]:
 
 @pytest.fixture(scope="session", params=["direct", "pgbouncer"])
 def app_database_url(request: pytest.FixtureRequest, database_url: str) -> str:
-    """The URL the functions use: straight to Postgres, and through PgBouncer in transaction mode."""
+    """The functions' URL: straight to Postgres, and through PgBouncer in transaction mode."""
     if request.param == "direct":
         return database_url
     bouncer = os.environ.get("TEST_PGBOUNCER")
@@ -118,4 +118,3 @@ def clean_db(db: Database) -> Database:
     with db.transaction() as conn:
         conn.execute(text("TRUNCATE generation_logs, generations"))
     return db
-

@@ -48,7 +48,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     dev = commands.add_parser("dev", help="run the whole pipeline locally (what `make run` runs)")
     dev.add_argument(
-        "--faults", action="store_true",
+        "--faults",
+        action="store_true",
         help="emulator duplicates and delays deliveries (at-least-once, for trying failure modes)",
     )
     dev.set_defaults(handler=_dev)
@@ -61,7 +62,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     migrate = commands.add_parser("migrate", help="apply the Alembic migrations to the database")
     migrate.add_argument(
-        "--no-shim", action="store_true",
+        "--no-shim",
+        action="store_true",
         help="do not create Supabase's roles and auth.uid() on a plain Postgres",
     )
     migrate.set_defaults(handler=_migrate)

@@ -110,14 +110,14 @@ _LOCAL_HOSTS = {None, "", "localhost", "127.0.0.1", "::1"}
 def embedded_database_url(data_dir: str) -> str:
     """Start (or join) the embedded pgserver Postgres; data stays in a git-ignored folder."""
     try:
-        import pgserver
+        from pgserver import get_server  # type: ignore[attr-defined]
     except ImportError as error:
         raise ConfigurationError(
             "no DATABASE_URL and the embedded Postgres (pgserver) is not installed"
         ) from error
     path = Path(data_dir).resolve()
     path.mkdir(parents=True, exist_ok=True)
-    server = pgserver.get_server(str(path), cleanup_mode=None)
+    server = get_server(str(path), cleanup_mode=None)
     uri: str = server.get_uri()
     return uri
 
@@ -126,12 +126,13 @@ def _cloud_sql_creator(settings: Settings) -> Callable[[], Any]:
     # Imported here: only Cloud SQL deployments pay for the connector at cold start.
     from google.cloud.sql.connector import Connector
 
+    instance = settings.cloud_sql_instance or ""
     connector = Connector(refresh_strategy="lazy")
     password = settings.db_password.reveal() if settings.db_password else None
 
     def connect() -> Any:
         return connector.connect(
-            settings.cloud_sql_instance,
+            instance,
             "pg8000",
             user=settings.db_user,
             password=password,

@@ -39,7 +39,7 @@ class Job:
     finished_at: datetime | None
 
     @classmethod
-    def from_row(cls, row: Mapping[str, Any]) -> Job:
+    def from_row(cls, row: Mapping[Any, Any]) -> Job:
         """Build from a `generations` row mapping."""
         return cls(
             id=row["id"],
@@ -77,7 +77,10 @@ class Job:
             }
         error = None
         if self.error is not None:
-            error = {"code": self.error.get("code", "unknown"), "message": self.error.get("message", "")}
+            error = {
+                "code": self.error.get("code", "unknown"),
+                "message": self.error.get("message", ""),
+            }
         return {
             "id": str(self.id),
             "task": self.task,

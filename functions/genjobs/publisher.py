@@ -35,11 +35,10 @@ class PubSubJobPublisher:
         if self._client is None:
             with self._lock:
                 if self._client is None:
-                    from google.cloud import pubsub_v1
+                    from google.cloud.pubsub_v1 import PublisherClient, types
 
                     # Each submit waits for its own publish: batching would only add latency.
-                    batch = pubsub_v1.types.BatchSettings(max_messages=1)
-                    client = pubsub_v1.PublisherClient(batch_settings=batch)
+                    client = PublisherClient(batch_settings=types.BatchSettings(max_messages=1))
                     self._topic = client.topic_path(self._project, self._topic_name)
                     self._client = client
         return self._client

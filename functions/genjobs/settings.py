@@ -242,7 +242,9 @@ def load_settings(role: Role = "cli", env: Mapping[str, str] | None = None) -> S
 
 def _check_cloud_requirements(settings: Settings, role: Role, reader: _Reader) -> None:
     if settings.database_url is None and settings.cloud_sql_instance is None:
-        reader.problems.append("DATABASE_URL (or DATABASE_URL_SECRET, or CLOUD_SQL_INSTANCE) is required")
+        reader.problems.append(
+            "DATABASE_URL (or DATABASE_URL_SECRET, or CLOUD_SQL_INSTANCE) is required"
+        )
     if role == "api" and settings.supabase_url == LOCAL_SUPABASE_URL:
         reader.problems.append("SUPABASE_URL must name the project, not the local default")
     present = {
@@ -285,5 +287,3 @@ def setting_names() -> list[str]:
     for name in _SECRETS:
         names += [name, f"{name}_SECRET"]
     return sorted(names)
-
-

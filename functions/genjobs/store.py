@@ -116,28 +116,36 @@ _INSERT = _sql(
 
 def insert_job(conn: Connection, new: NewJob) -> Job | None:
     """Insert a queued job and its `queued` event; None when the idempotency key already exists."""
-    row = conn.execute(
-        _INSERT,
-        {
-            "user_id": new.user_id,
-            "task": new.task,
-            "input": _json(new.input),
-            "metadata": _json(new.metadata),
-            "key": new.idempotency_key,
-            "hash": new.request_hash,
-            "trace_id": new.trace_id,
-            "max_attempts": new.max_attempts,
-        },
-    ).mappings().first()
+    row = (
+        conn.execute(
+            _INSERT,
+            {
+                "user_id": new.user_id,
+                "task": new.task,
+                "input": _json(new.input),
+                "metadata": _json(new.metadata),
+                "key": new.idempotency_key,
+                "hash": new.request_hash,
+                "trace_id": new.trace_id,
+                "max_attempts": new.max_attempts,
+            },
+        )
+        .mappings()
+        .first()
+    )
     return Job.from_row(row) if row is not None else None
 
 
 def find_by_key(conn: Connection, user_id: uuid.UUID, key: str) -> Job | None:
     """The user's job created with this idempotency key."""
-    row = conn.execute(
-        _sql("SELECT * FROM generations WHERE user_id = :user_id AND idempotency_key = :key"),
-        {"user_id": user_id, "key": key},
-    ).mappings().first()
+    row = (
+        conn.execute(
+            _sql("SELECT * FROM generations WHERE user_id = :user_id AND idempotency_key = :key"),
+            {"user_id": user_id, "key": key},
+        )
+        .mappings()
+        .first()
+    )
     return Job.from_row(row) if row is not None else None
 
 
@@ -194,7 +202,7 @@ def list_jobs(
         clauses.append("(created_at, id) < (:cursor_created_at, :cursor_id)")
         params.update(cursor_created_at=created_at, cursor_id=last_id)
     statement = _sql(
-        f"SELECT * FROM generations WHERE {' AND '.join(clauses)} "  # noqa: S608 (fixed clauses)
+        f"SELECT * FROM generations WHERE {' AND '.join(clauses)} "
         "ORDER BY created_at DESC, id DESC LIMIT :limit"
     )
     rows = conn.execute(statement, params).mappings().all()
@@ -276,15 +284,19 @@ def claim_job(
     conn: Connection, job_id: uuid.UUID, lease_seconds: float, delivery: Delivery
 ) -> ClaimResult:
     """Take the job under a lease and a new fencing attempt number, if it is free to run."""
-    row = conn.execute(
-        _CLAIM,
-        {
-            "id": job_id,
-            "lease_seconds": lease_seconds,
-            "message_id": delivery.message_id,
-            "delivery_attempt": delivery.delivery_attempt,
-        },
-    ).mappings().first()
+    row = (
+        conn.execute(
+            _CLAIM,
+            {
+                "id": job_id,
+                "lease_seconds": lease_seconds,
+                "message_id": delivery.message_id,
+                "delivery_attempt": delivery.delivery_attempt,
+            },
+        )
+        .mappings()
+        .first()
+    )
     if row is None:
         return ClaimResult(claimed=False, job=None)
     return ClaimResult(claimed=bool(row["claimed"]), job=Job.from_row(row))
@@ -334,28 +346,30 @@ _FINISH_ATTEMPT = _sql(
 )
 
 
-def finish_attempt(
-    conn: Connection, job: Job, outcome: Outcome, delivery: Delivery
-) -> Job | None:
+def finish_attempt(conn: Connection, job: Job, outcome: Outcome, delivery: Delivery) -> Job | None:
     """Write an attempt's outcome if this attempt still owns the job (fencing); else None."""
-    row = conn.execute(
-        _FINISH_ATTEMPT,
-        {
-            "id": job.id,
-            "attempt": job.attempts,
-            "status": outcome.status.value,
-            "event": outcome.event.value,
-            "result": _json(outcome.result),
-            "error_code": outcome.error_code,
-            "error_message": outcome.error_message,
-            "model": outcome.model,
-            "prompt_tokens": outcome.prompt_tokens,
-            "completion_tokens": outcome.completion_tokens,
-            "latency_ms": outcome.latency_ms,
-            "message_id": delivery.message_id,
-            "delivery_attempt": delivery.delivery_attempt,
-        },
-    ).mappings().first()
+    row = (
+        conn.execute(
+            _FINISH_ATTEMPT,
+            {
+                "id": job.id,
+                "attempt": job.attempts,
+                "status": outcome.status.value,
+                "event": outcome.event.value,
+                "result": _json(outcome.result),
+                "error_code": outcome.error_code,
+                "error_message": outcome.error_message,
+                "model": outcome.model,
+                "prompt_tokens": outcome.prompt_tokens,
+                "completion_tokens": outcome.completion_tokens,
+                "latency_ms": outcome.latency_ms,
+                "message_id": delivery.message_id,
+                "delivery_attempt": delivery.delivery_attempt,
+            },
+        )
+        .mappings()
+        .first()
+    )
     return Job.from_row(row) if row is not None else None
 
 
@@ -389,17 +403,21 @@ def fail_unfinished(
     delivery: Delivery,
 ) -> Job | None:
     """Fail a job whatever attempt holds it (dead letter, spent attempts); None if it ended."""
-    row = conn.execute(
-        _FAIL_UNFINISHED,
-        {
-            "id": job_id,
-            "event": event.value,
-            "error_code": error_code,
-            "error_message": error_message,
-            "message_id": delivery.message_id,
-            "delivery_attempt": delivery.delivery_attempt,
-        },
-    ).mappings().first()
+    row = (
+        conn.execute(
+            _FAIL_UNFINISHED,
+            {
+                "id": job_id,
+                "event": event.value,
+                "error_code": error_code,
+                "error_message": error_message,
+                "message_id": delivery.message_id,
+                "delivery_attempt": delivery.delivery_attempt,
+            },
+        )
+        .mappings()
+        .first()
+    )
     return Job.from_row(row) if row is not None else None
 
 
@@ -409,7 +427,11 @@ def _job_from_json(value: Any) -> Job:
     for key in ("id", "user_id"):
         data[key] = uuid.UUID(data[key])
     for key in (
-        "created_at", "started_at", "finished_at", "lease_expires_at", "published_at",
+        "created_at",
+        "started_at",
+        "finished_at",
+        "lease_expires_at",
+        "published_at",
         "cancel_requested_at",
     ):
         if data.get(key) is not None:

@@ -119,13 +119,17 @@ def upgrade() -> None:
     op.create_table(
         "generations",
         sa.Column(
-            "id", postgresql.UUID(as_uuid=True), primary_key=True,
+            "id",
+            postgresql.UUID(as_uuid=True),
+            primary_key=True,
             server_default=sa.text("gen_random_uuid()"),
         ),
         sa.Column("user_id", postgresql.UUID(as_uuid=True), nullable=False),
         sa.Column("task", sa.Text(), nullable=False),
         sa.Column("input", postgresql.JSONB(), nullable=False),
-        sa.Column("metadata", postgresql.JSONB(), nullable=False, server_default=sa.text("'{}'::jsonb")),
+        sa.Column(
+            "metadata", postgresql.JSONB(), nullable=False, server_default=sa.text("'{}'::jsonb")
+        ),
         sa.Column("idempotency_key", sa.Text(), nullable=True),
         sa.Column("request_hash", sa.Text(), nullable=True),
         sa.Column("ai_status", sa.Text(), nullable=False, server_default=sa.text("'queued'")),
@@ -149,11 +153,14 @@ def upgrade() -> None:
         sa.CheckConstraint("attempts >= 0", name="generations_attempts_nonnegative"),
     )
     op.create_index(
-        "generations_user_created", "generations",
+        "generations_user_created",
+        "generations",
         ["user_id", sa.text("created_at DESC"), sa.text("id DESC")],
     )
     op.create_index(
-        "generations_unfinished", "generations", ["ai_status", "published_at"],
+        "generations_unfinished",
+        "generations",
+        ["ai_status", "published_at"],
         postgresql_where=sa.text("ai_status IN ('queued', 'processing')"),
     )
     op.create_index("generations_finished_at", "generations", ["finished_at"])
@@ -162,8 +169,10 @@ def upgrade() -> None:
         "generation_logs",
         sa.Column("id", sa.BigInteger(), sa.Identity(always=True), primary_key=True),
         sa.Column(
-            "generation_id", postgresql.UUID(as_uuid=True),
-            sa.ForeignKey("generations.id", ondelete="CASCADE"), nullable=False,
+            "generation_id",
+            postgresql.UUID(as_uuid=True),
+            sa.ForeignKey("generations.id", ondelete="CASCADE"),
+            nullable=False,
         ),
         sa.Column("user_id", postgresql.UUID(as_uuid=True), nullable=False),
         sa.Column("event", sa.Text(), nullable=False),

@@ -22,8 +22,14 @@ def test_many_threads_share_few_connections_without_errors(
     # More client threads than pooled connections, and (through PgBouncer) more pooled
     # connections than server connections: the failure DESIGN.md saw with autocommit.
     pool = create_database(
-        load_settings("cli", {"DATABASE_URL": app_database_url, "DB_POOL_SIZE": "10",
-                              "DB_POOL_TIMEOUT_SECONDS": "30"})
+        load_settings(
+            "cli",
+            {
+                "DATABASE_URL": app_database_url,
+                "DB_POOL_SIZE": "10",
+                "DB_POOL_TIMEOUT_SECONDS": "30",
+            },
+        )
     )
     user = uuid.uuid4()
     errors: list[BaseException] = []
@@ -33,15 +39,26 @@ def test_many_threads_share_few_connections_without_errors(
         try:
             for i in range(ROUNDS):
                 with pool.transaction() as conn:
-                    job = store.insert_job(conn, store.NewJob(
-                        user_id=user, task="summarize", input={"text": f"{n}-{i}"}, metadata={},
-                        idempotency_key=f"{n}-{i}", request_hash="h", trace_id=None,
-                        max_attempts=5,
-                    ))
+                    job = store.insert_job(
+                        conn,
+                        store.NewJob(
+                            user_id=user,
+                            task="summarize",
+                            input={"text": f"{n}-{i}"},
+                            metadata={},
+                            idempotency_key=f"{n}-{i}",
+                            request_hash="h",
+                            trace_id=None,
+                            max_attempts=5,
+                        ),
+                    )
                     assert job is not None
-                    assert conn.execute(
-                        text("SELECT count(*) FROM generations WHERE id = :id"), {"id": job.id}
-                    ).scalar_one() == 1
+                    assert (
+                        conn.execute(
+                            text("SELECT count(*) FROM generations WHERE id = :id"), {"id": job.id}
+                        ).scalar_one()
+                        == 1
+                    )
         except BaseException as error:  # collected and asserted below
             with lock:
                 errors.append(error)

@@ -6,17 +6,23 @@ import uuid
 
 from sqlalchemy import text
 
+from genjobs import store
 from genjobs.db import Database
 from genjobs.statuses import Event, Status
-from genjobs import store
 
 USER = uuid.UUID("00000000-0000-4000-8000-00000000000a")
 
 
 def new_job(key: str | None = None, user: uuid.UUID = USER) -> store.NewJob:
     return store.NewJob(
-        user_id=user, task="summarize", input={"text": "hello"}, metadata={},
-        idempotency_key=key, request_hash="h", trace_id=None, max_attempts=3,
+        user_id=user,
+        task="summarize",
+        input={"text": "hello"},
+        metadata={},
+        idempotency_key=key,
+        request_hash="h",
+        trace_id=None,
+        max_attempts=3,
     )
 
 
@@ -43,8 +49,15 @@ def test_insert_claim_succeed_writes_one_log_row_per_event(clean_db: Database) -
     with clean_db.transaction() as conn:
         again = store.claim_job(conn, job.id, 60, delivery)
     assert not again.claimed and again.job is not None and again.job.status is Status.PROCESSING
-    outcome = store.Outcome(Status.SUCCEEDED, Event.SUCCEEDED, result={"text": "ok"},
-                            model="m", prompt_tokens=3, completion_tokens=4, latency_ms=5)
+    outcome = store.Outcome(
+        Status.SUCCEEDED,
+        Event.SUCCEEDED,
+        result={"text": "ok"},
+        model="m",
+        prompt_tokens=3,
+        completion_tokens=4,
+        latency_ms=5,
+    )
     with clean_db.transaction() as conn:
         done = store.finish_attempt(conn, claim.job, outcome, delivery)
     assert done is not None and done.status is Status.SUCCEEDED and done.result == {"text": "ok"}

@@ -104,7 +104,7 @@ class ApiApp:
             return preflight_response(origin, self.settings.allowed_origins, ", ".join(methods))
         try:
             endpoint, args = adapter.match(method=request.method)
-            response = self._handlers[str(endpoint)](request, args)
+            response = self._handlers[str(endpoint)](request, dict(args))
         except WerkzeugNotFound:
             response = problem_response(NotFound("no such route"))
         except WerkzeugMethodNotAllowed as error:
@@ -152,7 +152,11 @@ class ApiApp:
         status, task, limit = self._list_filters(request)
         with self.db.transaction() as conn:
             jobs, cursor = store.list_jobs(
-                conn, user.id, limit=limit, status=status, task=task,
+                conn,
+                user.id,
+                limit=limit,
+                status=status,
+                task=task,
                 cursor=request.args.get("cursor") or None,
             )
         return json_response({"items": [j.view() for j in jobs], "next_cursor": cursor})

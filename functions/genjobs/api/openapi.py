@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from pydantic import BaseModel
 from pydantic.json_schema import models_json_schema
 
 from genjobs.api.schemas import (
@@ -185,7 +186,7 @@ def _paths() -> dict[str, Any]:
 
 def openapi_document(tasks: dict[str, Task]) -> dict[str, Any]:
     """The whole document; task names are listed in SubmitRequest.task's description."""
-    models = [SubmitRequest, JobView, JobPage, TaskList, Health, Problem]
+    models: list[type[BaseModel]] = [SubmitRequest, JobView, JobPage, TaskList, Health, Problem]
     _, definitions = models_json_schema(
         [(m, "serialization" if m is not SubmitRequest else "validation") for m in models],
         ref_template=REF,

@@ -19,7 +19,9 @@ def json_response(
 ) -> Response:
     """A JSON response (compact, UTF-8)."""
     payload = json.dumps(body, separators=(",", ":"), ensure_ascii=False, default=str)
-    return Response(payload, status=status, headers=dict(headers or {}), mimetype="application/json")
+    return Response(
+        payload, status=status, headers=dict(headers or {}), mimetype="application/json"
+    )
 
 
 def problem_response(error: GenJobsError) -> Response:

@@ -15,7 +15,9 @@ class SubmitRequest(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    task: Annotated[str, Field(min_length=1, max_length=64, description="A name from GET /v1/tasks.")]
+    task: Annotated[
+        str, Field(min_length=1, max_length=64, description="A name from GET /v1/tasks.")
+    ]
     input: Annotated[
         dict[str, Any], Field(description="The task's input; its JSON Schema is in GET /v1/tasks.")
     ]
@@ -61,7 +63,9 @@ class JobPage(BaseModel):
     """One page of the caller's jobs, newest first."""
 
     items: list[JobView]
-    next_cursor: str | None = Field(description="Pass as `cursor` for the next page; null at the end.")
+    next_cursor: str | None = Field(
+        description="Pass as `cursor` for the next page; null at the end."
+    )
 
 
 class TaskInfo(BaseModel):

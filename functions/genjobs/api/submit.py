@@ -80,7 +80,7 @@ def parse_submission(
 
 
 def check_idempotency_key(key: str | None) -> str | None:
-    """Keys are 1–255 printable ASCII characters."""
+    """Keys are 1 to 255 printable ASCII characters."""
     if key is None:
         return None
     if not 0 < len(key) <= MAX_IDEMPOTENCY_KEY_LENGTH or not key.isascii() or not key.isprintable():
@@ -93,7 +93,9 @@ def check_idempotency_key(key: str | None) -> str | None:
 
 def request_hash(task: str, data: dict[str, Any], metadata: dict[str, Any]) -> str:
     """A fingerprint of what was asked, to tell a replay from a reused key."""
-    return hashlib.sha256(_canonical({"task": task, "input": data, "metadata": metadata})).hexdigest()
+    return hashlib.sha256(
+        _canonical({"task": task, "input": data, "metadata": metadata})
+    ).hexdigest()
 
 
 def _canonical(value: Any) -> bytes:

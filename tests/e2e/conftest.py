@@ -1,0 +1,119 @@
+"""A private local stack (emulator, stub model, api, worker, dead_letter) on free ports."""
+
+from __future__ import annotations
+
+import time
+import uuid
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+
+from devstack.dev import Ports, StackConfig, build_services
+from devstack.supervisor import Supervisor, free_port
+from genjobs.auth.minting import mint_user_token
+from genjobs.settings import LOCAL_JWT_SECRET, LOCAL_SUPABASE_URL
+
+TERMINAL = {"succeeded", "failed", "cancelled"}
+
+
+@dataclass
+class Stack:
+    """A running stack and clients for it."""
+
+    ports: Ports
+    supervisor: Supervisor
+    logs: Path
+
+    @property
+    def api_url(self) -> str:
+        return f"http://127.0.0.1:{self.ports.api}"
+
+    @property
+    def stub_url(self) -> str:
+        return f"http://127.0.0.1:{self.ports.stub_model}"
+
+    def client(self, user: uuid.UUID | None = None) -> httpx.Client:
+        """An api client authenticated as `user` (a new user by default)."""
+        token = mint_user_token(
+            secret=LOCAL_JWT_SECRET, supabase_url=LOCAL_SUPABASE_URL, sub=user or uuid.uuid4()
+        )
+        return httpx.Client(
+            base_url=self.api_url, headers={"Authorization": f"Bearer {token}"}, timeout=30
+        )
+
+    def model_calls(self, contains: str) -> list[dict[str, Any]]:
+        """Calls the stub model received whose prompt contains `contains`."""
+        response = httpx.get(f"{self.stub_url}/_stub/calls", params={"contains": contains})
+        response.raise_for_status()
+        calls: list[dict[str, Any]] = response.json()
+        return calls
+
+    def wait_for(
+        self,
+        client: httpx.Client,
+        job_id: str,
+        done: Callable[[dict[str, Any]], bool] | None = None,
+        timeout: float = 30,
+    ) -> dict[str, Any]:
+        """Poll the api until the job satisfies `done` (default: terminal)."""
+        check = done or (lambda job: job["status"] in TERMINAL)
+        deadline = time.monotonic() + timeout
+        job: dict[str, Any] = {}
+        while time.monotonic() < deadline:
+            job = client.get(f"/v1/generations/{job_id}").json()
+            if check(job):
+                return job
+            time.sleep(0.05)
+        raise AssertionError(f"job {job_id} did not get there in {timeout}s: {job}")
+
+
+@pytest.fixture(scope="session")
+def stack(app_database_url: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
+    """Start the stack once per database variant; its processes' output lands in files."""
+    ports = Ports(
+        api=free_port(),
+        worker=free_port(),
+        dead_letter=free_port(),
+        sweeper=free_port(),
+        pubsub=free_port(),
+        pubsub_http=free_port(),
+        stub_model=free_port(),
+    )
+    config = StackConfig(
+        database_url=app_database_url,
+        ports=ports,
+        # Pub/Sub's 10 s..600 s backoff, scaled down so retries and dead-lettering take seconds.
+        emulator_flags=("--backoff-scale", "0.01"),
+        env={"LOG_LEVEL": "INFO", "DB_POOL_SIZE": "5"},
+        worker_threads=32,
+    )
+    logs = tmp_path_factory.mktemp("stack-logs")
+    supervisor = Supervisor(build_services(config), output_dir=logs)
+    supervisor.start()
+    try:
+        yield Stack(ports, supervisor, logs)
+    finally:
+        supervisor.stop()
+
+
+@pytest.fixture(autouse=True)
+def _show_stack_logs_on_failure(request: pytest.FixtureRequest) -> Iterator[None]:
+    """Print the processes' recent output when a test here fails."""
+    yield
+    report = getattr(request.node, "rep_call", None)
+    if report is not None and report.failed and "stack" in request.fixturenames:
+        stack: Stack = request.getfixturevalue("stack")
+        for log in sorted(stack.logs.glob("*.log")):
+            print(f"----- {log.name} (last 40 lines) -----")
+            print("\n".join(log.read_text(errors="replace").splitlines()[-40:]))
+
+
+@pytest.hookimpl(tryfirst=True, hookwrapper=True)
+def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) -> Iterator[None]:
+    outcome = yield
+    report = outcome.get_result()  # type: ignore[attr-defined]
+    setattr(item, f"rep_{report.when}", report)

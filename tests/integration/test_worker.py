@@ -1,0 +1,408 @@
+"""The push worker on real Postgres, with the stub model over real HTTP."""
+
+from __future__ import annotations
+
+import base64
+import dataclasses
+import json
+import logging
+import threading
+import uuid
+from collections.abc import Callable, Iterator, Sequence
+from pathlib import Path
+from typing import Any
+
+import pytest
+from sqlalchemy import create_engine, text
+
+from devstack.stub_model import StubModelServer
+from genjobs import store
+from genjobs.db import Database
+from genjobs.errors import Unauthenticated
+from genjobs.jobs import Job
+from genjobs.model_client import Generation, ModelClient, SupportsGenerate
+from genjobs.push import PushAnswer
+from genjobs.settings import Settings
+from genjobs.statuses import Status
+from genjobs.tasks import TASKS, Task
+from genjobs.tasks.base import Message
+from genjobs.worker import Worker
+
+FIXTURES = Path(__file__).resolve().parents[1] / "fixtures"
+TOKEN = "Bearer good-push-token"
+USER = uuid.UUID("00000000-0000-4000-8000-0000000000b1")
+
+
+class FakeVerifier:
+    """Accepts exactly one token, like a verified Pub/Sub OIDC token."""
+
+    def verify(self, authorization_header: str | None) -> object:
+        if authorization_header != TOKEN:
+            raise Unauthenticated("bad token", realm="test")
+        return object()
+
+
+class Around:
+    """The real model client, with `during` run after its answer and before it is returned."""
+
+    def __init__(self, inner: SupportsGenerate, during: Callable[[], None]) -> None:
+        self.inner = inner
+        self.during = during
+
+    def generate(self, task: Task, messages: Sequence[Message], *, timeout: float) -> Generation:
+        generation = self.inner.generate(task, messages, timeout=timeout)
+        self.during()
+        return generation
+
+
+@pytest.fixture(scope="module")
+def stub() -> Iterator[StubModelServer]:
+    server = StubModelServer(hang_seconds=5).start()
+    yield server
+    server.stop()
+
+
+@pytest.fixture
+def model(stub: StubModelServer) -> ModelClient:
+    return ModelClient(api_key=None, base_url=stub.url)
+
+
+@pytest.fixture
+def worker(settings: Settings, clean_db: Database, model: ModelClient) -> Worker:
+    return make_worker(settings, clean_db, model)
+
+
+def make_worker(settings: Settings, db: Database, model: SupportsGenerate) -> Worker:
+    return Worker(settings=settings, db=db, model=model, tasks=TASKS, verifier=FakeVerifier())
+
+
+def unique(text: str) -> str:
+    """A prompt no other test (or parametrized run) shares: stub counters are per prompt."""
+    return f"{text} [{uuid.uuid4().hex[:8]}]"
+
+
+def insert(
+    db: Database, text_: str = "hello", *, task: str = "summarize", max_attempts: int = 5,
+    raw_input: dict[str, Any] | None = None,
+) -> Job:
+    new = store.NewJob(
+        user_id=USER, task=task, input=raw_input or {"text": text_}, metadata={},
+        idempotency_key=None, request_hash="h", trace_id=None, max_attempts=max_attempts,
+    )
+    with db.transaction() as conn:
+        job = store.insert_job(conn, new)
+    assert job is not None
+    return job
+
+
+def envelope(job_id: uuid.UUID, message_id: str = "m-1", attempt: int = 1) -> bytes:
+    data: dict[str, Any] = json.loads((FIXTURES / "push_envelope_job.json").read_text())
+    data["message"]["data"] = base64.b64encode(str(job_id).encode()).decode()
+    data["message"]["messageId"] = data["message"]["message_id"] = message_id
+    data["deliveryAttempt"] = attempt
+    return json.dumps(data).encode()
+
+
+def reload(db: Database, job_id: uuid.UUID) -> Job:
+    with db.transaction() as conn:
+        job = store.get_job(conn, job_id)
+    assert job is not None
+    return job
+
+
+def events(db: Database, job_id: uuid.UUID) -> list[str]:
+    with db.transaction() as conn:
+        rows = conn.execute(
+            text("SELECT event FROM generation_logs WHERE generation_id = :id ORDER BY id"),
+            {"id": job_id},
+        )
+        return [r.event for r in rows]
+
+
+def log_count(db: Database) -> int:
+    with db.transaction() as conn:
+        return int(conn.execute(text("SELECT count(*) FROM generation_logs")).scalar_one())
+
+
+def test_success_writes_result_usage_and_log_rows(worker: Worker, clean_db: Database) -> None:
+    job = insert(clean_db, unique("the quick brown fox"))
+    answer = worker.handle(TOKEN, envelope(job.id, "m-ok", 1))
+    assert answer.status == 200 and answer.body["outcome"] == "succeeded"
+    done = reload(clean_db, job.id)
+    assert done.status is Status.SUCCEEDED and done.attempts == 1
+    assert "quick brown fox" in done.result["text"] and set(done.result) == {"text"}
+    assert done.model == TASKS["summarize"].model and (done.prompt_tokens or 0) > 0
+    assert events(clean_db, job.id) == ["queued", "started", "succeeded"]
+    with clean_db.transaction() as conn:
+        row = conn.execute(
+            text("SELECT message_id, delivery_attempt, latency_ms, completion_tokens "
+                 "FROM generation_logs WHERE generation_id = :id AND event = 'succeeded'"),
+            {"id": job.id},
+        ).one()
+    assert row.message_id == "m-ok" and row.delivery_attempt == 1
+    assert row.latency_ms >= 0 and row.completion_tokens > 0
+
+
+def test_structured_task_stores_the_parsed_object(worker: Worker, clean_db: Database) -> None:
+    job = insert(clean_db, unique("Ada Lovelace met Charles Babbage"), task="extract_entities")
+    assert worker.handle(TOKEN, envelope(job.id)).status == 200
+    assert isinstance(reload(clean_db, job.id).result["entities"], list)
+
+
+def test_rate_limit_requeues_then_next_delivery_succeeds(
+    worker: Worker, clean_db: Database, stub: StubModelServer
+) -> None:
+    prompt = unique("busy stub:fail=429x1")
+    job = insert(clean_db, prompt)
+    first = worker.handle(TOKEN, envelope(job.id, "m-1", 1))
+    assert first.status == 503 and first.headers["Retry-After"] == "1"
+    requeued = reload(clean_db, job.id)
+    assert requeued.status is Status.QUEUED and requeued.error == {
+        "code": "rate_limited", "message": requeued.error["message"] if requeued.error else None,
+    }
+    second = worker.handle(TOKEN, envelope(job.id, "m-1", 2))
+    assert second.status == 200
+    done = reload(clean_db, job.id)
+    assert done.status is Status.SUCCEEDED and done.attempts == 2 and done.error is None
+    assert events(clean_db, job.id) == ["queued", "started", "retry", "started", "succeeded"]
+    assert len(stub.calls(prompt)) == 2
+
+
+def test_refusal_fails_the_job_after_exactly_one_call(
+    worker: Worker, clean_db: Database, stub: StubModelServer
+) -> None:
+    prompt = unique("something bad stub:refuse")
+    job = insert(clean_db, prompt)
+    assert worker.handle(TOKEN, envelope(job.id)).status == 200
+    again = worker.handle(TOKEN, envelope(job.id, attempt=2))
+    assert again.status == 200 and again.body["outcome"] == "already_finished"
+    failed = reload(clean_db, job.id)
+    assert failed.status is Status.FAILED and failed.error is not None
+    assert failed.error["code"] == "content_policy_violation"
+    assert events(clean_db, job.id) == ["queued", "started", "failed"]
+    assert len(stub.calls(prompt)) == 1
+
+
+def test_concurrent_duplicate_deliveries_call_the_model_once(
+    worker: Worker, clean_db: Database, stub: StubModelServer
+) -> None:
+    prompt = unique("slow enough to overlap stub:sleep=0.5")
+    job = insert(clean_db, prompt)
+    body = envelope(job.id, "m-dup")
+    start = threading.Barrier(10)
+    answers: list[PushAnswer] = []
+    lock = threading.Lock()
+
+    def deliver() -> None:
+        start.wait()
+        answer = worker.handle(TOKEN, body)
+        with lock:
+            answers.append(answer)
+
+    threads = [threading.Thread(target=deliver) for _ in range(10)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(timeout=30)
+    outcomes = sorted(a.body.get("outcome", a.body.get("error")) for a in answers)
+    assert len(answers) == 10 and outcomes.count("succeeded") == 1
+    assert {a.status for a in answers if a.body.get("outcome") != "succeeded"} <= {200, 409}
+    assert len(stub.calls(prompt)) == 1
+    assert events(clean_db, job.id) == ["queued", "started", "succeeded"]
+
+
+def test_cancelled_job_is_never_sent_to_the_model(
+    worker: Worker, clean_db: Database, stub: StubModelServer
+) -> None:
+    prompt = unique("cancel me first")
+    job = insert(clean_db, prompt)
+    with clean_db.transaction() as conn:
+        assert store.cancel_job(conn, job.id, USER) is not None
+    answer = worker.handle(TOKEN, envelope(job.id))
+    assert answer.status == 200 and answer.body["outcome"] == "already_finished"
+    assert stub.calls(prompt) == []
+
+
+def test_cancel_during_the_call_refuses_the_late_write(
+    settings: Settings, clean_db: Database, model: ModelClient
+) -> None:
+    job = insert(clean_db, unique("cancelled while running"))
+
+    def cancel() -> None:
+        with clean_db.transaction() as conn:
+            store.cancel_job(conn, job.id, USER)
+
+    answer = make_worker(settings, clean_db, Around(model, cancel)).handle(TOKEN, envelope(job.id))
+    assert answer.status == 200 and answer.body["outcome"] == "fenced"
+    cancelled = reload(clean_db, job.id)
+    assert cancelled.status is Status.CANCELLED and cancelled.result is None
+    assert events(clean_db, job.id) == ["queued", "started", "cancelled"]
+
+
+def test_lease_expiry_takeover_fences_the_first_worker(
+    settings: Settings, clean_db: Database, model: ModelClient, stub: StubModelServer
+) -> None:
+    prompt = unique("taken over")
+    job = insert(clean_db, prompt)
+    second = make_worker(settings, clean_db, model)
+    taken: list[PushAnswer] = []
+
+    def expire_and_redeliver() -> None:
+        with clean_db.transaction() as conn:
+            conn.execute(
+                text("UPDATE generations SET lease_expires_at = now() - interval '1 second' "
+                     "WHERE id = :id"),
+                {"id": job.id},
+            )
+        taken.append(second.handle(TOKEN, envelope(job.id, "m-1", 2)))
+
+    first = make_worker(settings, clean_db, Around(model, expire_and_redeliver))
+    answer = first.handle(TOKEN, envelope(job.id, "m-1", 1))
+    assert answer.status == 200 and answer.body["outcome"] == "fenced"
+    assert taken[0].status == 200 and taken[0].body["outcome"] == "succeeded"
+    done = reload(clean_db, job.id)
+    assert done.status is Status.SUCCEEDED and done.attempts == 2
+    assert events(clean_db, job.id) == ["queued", "started", "started", "succeeded"]
+    assert len(stub.calls(prompt)) == 2
+
+
+def test_delivery_under_a_live_lease_is_nacked(worker: Worker, clean_db: Database) -> None:
+    job = insert(clean_db, unique("running elsewhere"))
+    with clean_db.transaction() as conn:
+        assert store.claim_job(conn, job.id, 60, store.Delivery("m-other", 1)).claimed
+    answer = worker.handle(TOKEN, envelope(job.id))
+    assert answer.status == 409 and int(answer.headers["Retry-After"]) > 1
+    assert events(clean_db, job.id) == ["queued", "started"]
+
+
+@pytest.mark.parametrize(
+    "body",
+    [
+        (FIXTURES / "push_envelope_no_message.json").read_bytes(),
+        (FIXTURES / "push_envelope_not_a_job_id.json").read_bytes(),
+        b"\x00\xffnot json",
+    ],
+)
+def test_poison_messages_are_acked_and_write_nothing(
+    worker: Worker, clean_db: Database, body: bytes
+) -> None:
+    insert(clean_db, unique("bystander"))
+    before = log_count(clean_db)
+    answer = worker.handle(TOKEN, body)
+    assert answer.status == 200 and answer.body["outcome"] == "poison_message"
+    assert log_count(clean_db) == before
+
+
+def test_unknown_job_is_acked_and_writes_nothing(worker: Worker, clean_db: Database) -> None:
+    answer = worker.handle(TOKEN, envelope(uuid.uuid4()))
+    assert answer.status == 200 and answer.body["outcome"] == "unknown_job"
+    assert log_count(clean_db) == 0
+
+
+def test_bad_token_is_refused_before_anything_is_read(
+    worker: Worker, clean_db: Database, stub: StubModelServer
+) -> None:
+    prompt = unique("unauthenticated")
+    job = insert(clean_db, prompt)
+    answer = worker.handle("Bearer forged", envelope(job.id))
+    assert answer.status == 401 and "WWW-Authenticate" in answer.headers
+    assert reload(clean_db, job.id).status is Status.QUEUED and stub.calls(prompt) == []
+
+
+def test_spent_attempts_fail_the_job_without_another_call(
+    worker: Worker, clean_db: Database, stub: StubModelServer
+) -> None:
+    prompt = unique("always down stub:500")
+    job = insert(clean_db, prompt, max_attempts=1)
+    assert worker.handle(TOKEN, envelope(job.id, attempt=1)).status == 503
+    answer = worker.handle(TOKEN, envelope(job.id, attempt=2))
+    assert answer.status == 200 and answer.body["outcome"] == "attempts_exhausted"
+    failed = reload(clean_db, job.id)
+    assert failed.status is Status.FAILED and failed.error is not None
+    assert failed.error["code"] == "attempts_exhausted"
+    assert "model_server_error" in failed.error["message"]
+    assert events(clean_db, job.id) == ["queued", "started", "retry", "failed"]
+    assert len(stub.calls(prompt)) == 1
+
+
+@pytest.mark.parametrize(
+    ("task", "raw_input", "code"),
+    [
+        ("retired_task", {"text": "x"}, "unknown_task"),
+        ("summarize", {"text": "x", "max_words": 1}, "invalid_input"),
+    ],
+)
+def test_unrunnable_jobs_fail_without_a_call(
+    worker: Worker, clean_db: Database, stub: StubModelServer,
+    task: str, raw_input: dict[str, Any], code: str,
+) -> None:
+    calls = len(stub.calls())
+    job = insert(clean_db, task=task, raw_input=raw_input)
+    assert worker.handle(TOKEN, envelope(job.id)).status == 200
+    failed = reload(clean_db, job.id)
+    assert failed.status is Status.FAILED and failed.error is not None
+    assert failed.error["code"] == code
+    assert len(stub.calls()) == calls
+
+
+def test_task_timeout_is_capped_by_the_lease_settings(
+    settings: Settings, clean_db: Database, model: ModelClient
+) -> None:
+    # A 3 s ack deadline and 1 s margins leave 1 s for the call, whatever the task allows.
+    tight = dataclasses.replace(settings, ack_deadline_seconds=3, lease_margin_seconds=1)
+    job = insert(clean_db, unique("never answers stub:hang"))
+    answer = make_worker(tight, clean_db, model).handle(TOKEN, envelope(job.id))
+    assert answer.status == 503
+    requeued = reload(clean_db, job.id)
+    assert requeued.status is Status.QUEUED and requeued.error is not None
+    assert requeued.error["code"] == "model_timeout"
+
+
+def test_no_connection_is_held_during_the_model_call(
+    settings: Settings, clean_db: Database, model: ModelClient
+) -> None:
+    held: list[int] = []
+    pool = clean_db.engine.pool
+
+    def count() -> None:
+        held.append(pool.checkedout())  # type: ignore[attr-defined]
+
+    job = insert(clean_db, unique("pool check"))
+    assert make_worker(settings, clean_db, Around(model, count)).handle(
+        TOKEN, envelope(job.id)
+    ).status == 200
+    assert held == [0]
+
+
+def test_database_down_nacks_with_503(settings: Settings, model: ModelClient) -> None:
+    down = Database(create_engine("postgresql+pg8000://postgres@127.0.0.1:9/none"))
+    answer = make_worker(settings, down, model).handle(TOKEN, envelope(uuid.uuid4()))
+    assert answer.status == 503 and answer.headers["Retry-After"]
+
+
+def test_unexpected_error_nacks_and_requeues_at_once(
+    settings: Settings, clean_db: Database, caplog: pytest.LogCaptureFixture
+) -> None:
+    class Broken:
+        def generate(self, task: Task, messages: Sequence[Message], *, timeout: float) -> Generation:
+            raise RuntimeError("a bug")
+
+    job = insert(clean_db, unique("hits a bug"))
+    answer = make_worker(settings, clean_db, Broken()).handle(TOKEN, envelope(job.id))
+    assert answer.status == 500
+    requeued = reload(clean_db, job.id)
+    assert requeued.status is Status.QUEUED and requeued.error is not None
+    assert requeued.error["code"] == "worker_error"
+    assert any(r.exc_info for r in caplog.records)
+
+
+def test_logs_carry_the_job_and_never_the_token(
+    worker: Worker, clean_db: Database, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.INFO, logger="genjobs")
+    job = insert(clean_db, unique("log me"))
+    worker.handle(TOKEN, envelope(job.id))
+    worker.handle(TOKEN, envelope(job.id))
+    records = [r for r in caplog.records if r.name.startswith("genjobs")]
+    assert any(getattr(r, "job_id", None) == str(job.id) and r.attempt == 1 for r in records)
+    assert all(TOKEN not in str(vars(r)) for r in caplog.records)
