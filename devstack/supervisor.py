@@ -147,6 +147,28 @@ class Supervisor:
         finally:
             self.stop()
 
+    def pause(self, name: str) -> None:
+        """Stop one service and keep it down until `resume` (fault tests)."""
+        service = self._service(name)
+        service.restart = False
+        if service.process is not None:
+            _signal_group(service.process, signal.SIGKILL)
+            service.process.wait()
+
+    def resume(self, name: str, ready_timeout: float = 30) -> None:
+        """Start a paused service again and wait until it listens."""
+        service = self._service(name)
+        self._spawn(service)
+        service.restart = True
+        if not wait_for_port(service.port, ready_timeout):
+            raise RuntimeError(f"{service.name} did not listen on port {service.port}")
+
+    def _service(self, name: str) -> Service:
+        for service in self.services:
+            if service.name == name:
+                return service
+        raise KeyError(name)
+
     def kill(self, name: str, sig: int = signal.SIGKILL) -> None:
         """Send a signal to one service's process group (fault tests)."""
         for service in self.services:

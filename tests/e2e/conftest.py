@@ -52,6 +52,18 @@ class Stack:
         calls: list[dict[str, Any]] = response.json()
         return calls
 
+    def wait_for_log(self, service: str, needle: str, timeout: float = 30) -> str:
+        """The first line of a service's output containing `needle`, once it appears."""
+        path = self.logs / f"{service}.log"
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if path.exists():
+                for line in path.read_text(errors="replace").splitlines():
+                    if needle in line:
+                        return line
+            time.sleep(0.1)
+        raise AssertionError(f"{needle!r} did not appear in {service}'s output in {timeout}s")
+
     def wait_for(
         self,
         client: httpx.Client,
