@@ -9,7 +9,18 @@ from datetime import UTC, datetime
 from typing import Any
 
 # Fields callers pass through `extra=` that belong in the JSON line.
-_EXTRA_FIELDS = ("job_id", "task", "attempt", "user_id", "message_id", "status", "event")
+_EXTRA_FIELDS = (
+    "job_id",
+    "task",
+    "attempt",
+    "user_id",
+    "message_id",
+    "status",
+    "event",
+    "delivery_attempt",
+    "error_code",
+    "latency_ms",
+)
 TRACE_KEY = "logging.googleapis.com/trace"
 
 

@@ -82,12 +82,22 @@ def unique(text: str) -> str:
 
 
 def insert(
-    db: Database, text_: str = "hello", *, task: str = "summarize", max_attempts: int = 5,
+    db: Database,
+    text_: str = "hello",
+    *,
+    task: str = "summarize",
+    max_attempts: int = 5,
     raw_input: dict[str, Any] | None = None,
 ) -> Job:
     new = store.NewJob(
-        user_id=USER, task=task, input=raw_input or {"text": text_}, metadata={},
-        idempotency_key=None, request_hash="h", trace_id=None, max_attempts=max_attempts,
+        user_id=USER,
+        task=task,
+        input=raw_input or {"text": text_},
+        metadata={},
+        idempotency_key=None,
+        request_hash="h",
+        trace_id=None,
+        max_attempts=max_attempts,
     )
     with db.transaction() as conn:
         job = store.insert_job(conn, new)
@@ -135,8 +145,10 @@ def test_success_writes_result_usage_and_log_rows(worker: Worker, clean_db: Data
     assert events(clean_db, job.id) == ["queued", "started", "succeeded"]
     with clean_db.transaction() as conn:
         row = conn.execute(
-            text("SELECT message_id, delivery_attempt, latency_ms, completion_tokens "
-                 "FROM generation_logs WHERE generation_id = :id AND event = 'succeeded'"),
+            text(
+                "SELECT message_id, delivery_attempt, latency_ms, completion_tokens "
+                "FROM generation_logs WHERE generation_id = :id AND event = 'succeeded'"
+            ),
             {"id": job.id},
         ).one()
     assert row.message_id == "m-ok" and row.delivery_attempt == 1
@@ -157,9 +169,8 @@ def test_rate_limit_requeues_then_next_delivery_succeeds(
     first = worker.handle(TOKEN, envelope(job.id, "m-1", 1))
     assert first.status == 503 and first.headers["Retry-After"] == "1"
     requeued = reload(clean_db, job.id)
-    assert requeued.status is Status.QUEUED and requeued.error == {
-        "code": "rate_limited", "message": requeued.error["message"] if requeued.error else None,
-    }
+    assert requeued.status is Status.QUEUED and requeued.error is not None
+    assert requeued.error["code"] == "rate_limited"
     second = worker.handle(TOKEN, envelope(job.id, "m-1", 2))
     assert second.status == 200
     done = reload(clean_db, job.id)
@@ -204,7 +215,7 @@ def test_concurrent_duplicate_deliveries_call_the_model_once(
         thread.start()
     for thread in threads:
         thread.join(timeout=30)
-    outcomes = sorted(a.body.get("outcome", a.body.get("error")) for a in answers)
+    outcomes = [str(a.body.get("outcome", a.body.get("error"))) for a in answers]
     assert len(answers) == 10 and outcomes.count("succeeded") == 1
     assert {a.status for a in answers if a.body.get("outcome") != "succeeded"} <= {200, 409}
     assert len(stub.calls(prompt)) == 1
@@ -250,8 +261,10 @@ def test_lease_expiry_takeover_fences_the_first_worker(
     def expire_and_redeliver() -> None:
         with clean_db.transaction() as conn:
             conn.execute(
-                text("UPDATE generations SET lease_expires_at = now() - interval '1 second' "
-                     "WHERE id = :id"),
+                text(
+                    "UPDATE generations SET lease_expires_at = now() - interval '1 second' "
+                    "WHERE id = :id"
+                ),
                 {"id": job.id},
             )
         taken.append(second.handle(TOKEN, envelope(job.id, "m-1", 2)))
@@ -333,8 +346,12 @@ def test_spent_attempts_fail_the_job_without_another_call(
     ],
 )
 def test_unrunnable_jobs_fail_without_a_call(
-    worker: Worker, clean_db: Database, stub: StubModelServer,
-    task: str, raw_input: dict[str, Any], code: str,
+    worker: Worker,
+    clean_db: Database,
+    stub: StubModelServer,
+    task: str,
+    raw_input: dict[str, Any],
+    code: str,
 ) -> None:
     calls = len(stub.calls())
     job = insert(clean_db, task=task, raw_input=raw_input)
@@ -368,15 +385,19 @@ def test_no_connection_is_held_during_the_model_call(
         held.append(pool.checkedout())  # type: ignore[attr-defined]
 
     job = insert(clean_db, unique("pool check"))
-    assert make_worker(settings, clean_db, Around(model, count)).handle(
-        TOKEN, envelope(job.id)
-    ).status == 200
+    assert (
+        make_worker(settings, clean_db, Around(model, count)).handle(TOKEN, envelope(job.id)).status
+        == 200
+    )
     assert held == [0]
 
 
 def test_database_down_nacks_with_503(settings: Settings, model: ModelClient) -> None:
     down = Database(create_engine("postgresql+pg8000://postgres@127.0.0.1:9/none"))
-    answer = make_worker(settings, down, model).handle(TOKEN, envelope(uuid.uuid4()))
+    try:
+        answer = make_worker(settings, down, model).handle(TOKEN, envelope(uuid.uuid4()))
+    finally:
+        down.dispose()
     assert answer.status == 503 and answer.headers["Retry-After"]
 
 
@@ -384,7 +405,9 @@ def test_unexpected_error_nacks_and_requeues_at_once(
     settings: Settings, clean_db: Database, caplog: pytest.LogCaptureFixture
 ) -> None:
     class Broken:
-        def generate(self, task: Task, messages: Sequence[Message], *, timeout: float) -> Generation:
+        def generate(
+            self, task: Task, messages: Sequence[Message], *, timeout: float
+        ) -> Generation:
             raise RuntimeError("a bug")
 
     job = insert(clean_db, unique("hits a bug"))
@@ -404,5 +427,8 @@ def test_logs_carry_the_job_and_never_the_token(
     worker.handle(TOKEN, envelope(job.id))
     worker.handle(TOKEN, envelope(job.id))
     records = [r for r in caplog.records if r.name.startswith("genjobs")]
-    assert any(getattr(r, "job_id", None) == str(job.id) and r.attempt == 1 for r in records)
+    assert any(
+        getattr(r, "job_id", None) == str(job.id) and getattr(r, "attempt", None) == 1
+        for r in records
+    )
     assert all(TOKEN not in str(vars(r)) for r in caplog.records)

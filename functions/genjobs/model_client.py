@@ -1,0 +1,352 @@
+"""The model API boundary: one chat completion per call, its errors mapped to ours."""
+
+from __future__ import annotations
+
+import email.utils
+import json
+import re
+import threading
+import time
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, Protocol
+
+from genjobs.errors import ConfigurationError, InvalidModelOutput, ModelRefused, ModelUnavailable
+from genjobs.secrets import Secret
+from genjobs.settings import Settings
+from genjobs.tasks.base import Message, Task
+
+if TYPE_CHECKING:
+    import jsonschema_rs
+    from openai import OpenAI
+    from openai.types.chat import ChatCompletion
+
+MAX_OUTPUT_BYTES = 64 * 1024
+# How long a 429 may ask us to wait, at most: Pub/Sub's own maximum backoff.
+MAX_RETRY_AFTER_SECONDS = 600.0
+DEFAULT_RETRY_AFTER_SECONDS = 5.0
+MAX_DETAIL_CHARS = 500
+# The stub model (local mode without OPENAI_API_KEY) needs a non-empty bearer token.
+LOCAL_PLACEHOLDER_KEY = "local-stub-key"
+
+# Statuses the openai SDK itself treats as retryable; we leave the retrying to Pub/Sub.
+_TRANSIENT_STATUSES = {408, 409, 429}
+_DURATION_PART = re.compile(r"(\d+(?:\.\d+)?)(ms|h|m|s)")
+
+
+@dataclass(frozen=True)
+class Usage:
+    """Which model answered and the tokens it billed."""
+
+    model: str
+    prompt_tokens: int
+    completion_tokens: int
+
+
+@dataclass(frozen=True)
+class Generation:
+    """A model answer: text for free-text tasks, the parsed JSON for structured ones."""
+
+    output: Any
+    model: str
+    prompt_tokens: int
+    completion_tokens: int
+
+    @property
+    def usage(self) -> Usage:
+        """The billed usage of this answer."""
+        return Usage(self.model, self.prompt_tokens, self.completion_tokens)
+
+
+class RefusedAnswer(ModelRefused):
+    """The model answered with a refusal; tokens were still billed."""
+
+    def __init__(self, detail: str, *, error_code: str, usage: Usage) -> None:
+        super().__init__(detail, error_code=error_code)
+        self.usage = usage
+
+
+class InvalidAnswer(InvalidModelOutput):
+    """The model answered outside the task's contract; tokens were still billed."""
+
+    def __init__(self, detail: str, *, error_code: str, usage: Usage) -> None:
+        super().__init__(detail, error_code=error_code)
+        self.usage = usage
+
+
+class SupportsGenerate(Protocol):
+    """What the worker needs from a model client."""
+
+    def generate(self, task: Task, messages: Sequence[Message], *, timeout: float) -> Generation:
+        """One model call for `task`, or a ModelUnavailable / ModelRefused / InvalidModelOutput."""
+        ...
+
+
+class ModelClient:
+    """The real openai SDK, built lazily once per instance, with the SDK's retries off."""
+
+    def __init__(
+        self,
+        *,
+        api_key: Secret | None,
+        base_url: str | None = None,
+        max_output_bytes: int = MAX_OUTPUT_BYTES,
+    ) -> None:
+        if api_key is None and base_url is None:
+            raise ConfigurationError("OPENAI_API_KEY is required unless OPENAI_BASE_URL is set")
+        self._api_key = api_key
+        self._base_url = base_url
+        self._max_output_bytes = max_output_bytes
+        self._client: OpenAI | None = None
+        self._validators: dict[str, jsonschema_rs.Validator] = {}
+        self._lock = threading.Lock()
+
+    @classmethod
+    def from_settings(cls, settings: Settings) -> ModelClient:
+        """The client for OPENAI_API_KEY and OPENAI_BASE_URL."""
+        return cls(api_key=settings.openai_api_key, base_url=settings.openai_base_url)
+
+    def __repr__(self) -> str:
+        return f"ModelClient(base_url={self._base_url!r})"
+
+    def generate(self, task: Task, messages: Sequence[Message], *, timeout: float) -> Generation:
+        """One chat completion for `task`, validated against its output contract."""
+        completion = self._complete(task, messages, timeout)
+        return self._read(task, completion)
+
+    def _openai(self) -> OpenAI:
+        with self._lock:
+            if self._client is None:
+                # Imported here: the SDK is heavy and only the worker pays for it, once.
+                from openai import OpenAI
+
+                key = self._api_key.reveal() if self._api_key else LOCAL_PLACEHOLDER_KEY
+                self._client = OpenAI(api_key=key, base_url=self._base_url, max_retries=0)
+            return self._client
+
+    def _complete(self, task: Task, messages: Sequence[Message], timeout: float) -> ChatCompletion:
+        import openai
+
+        options: dict[str, Any] = {}
+        if task.output_schema is not None:
+            options["response_format"] = {
+                "type": "json_schema",
+                "json_schema": {"name": task.name, "schema": task.output_schema, "strict": True},
+            }
+        client = self._openai()
+        try:
+            return client.chat.completions.create(
+                model=task.model,
+                messages=list(messages),  # type: ignore[arg-type]  # role/content dicts
+                max_completion_tokens=task.max_output_tokens,
+                timeout=timeout,
+                **options,
+            )
+        except openai.APIError as error:
+            raise map_api_error(error, secret=self._api_key) from None
+
+    def _read(self, task: Task, completion: ChatCompletion) -> Generation:
+        usage = _usage(completion, task)
+        content, truncated = self._content(completion, usage)
+        if task.output_schema is None:
+            output: Any = content
+        elif truncated:
+            raise InvalidAnswer(
+                f"the answer hit max_output_tokens={task.max_output_tokens} before the JSON ended",
+                error_code="output_truncated",
+                usage=usage,
+            )
+        else:
+            output = self._structured(task.name, task.output_schema, content, usage)
+        return Generation(output, usage.model, usage.prompt_tokens, usage.completion_tokens)
+
+    def _content(self, completion: ChatCompletion, usage: Usage) -> tuple[str, bool]:
+        """The answer's text and whether it was cut at max_output_tokens."""
+        if not completion.choices:
+            raise InvalidAnswer(
+                "the model returned no choices", error_code="empty_output", usage=usage
+            )
+        choice = completion.choices[0]
+        if choice.finish_reason == "content_filter":
+            raise RefusedAnswer(
+                "the model's answer was stopped by its content filter",
+                error_code="content_policy_violation",
+                usage=usage,
+            )
+        if choice.message.refusal:
+            raise RefusedAnswer(
+                f"the model refused: {_shorten(choice.message.refusal)}",
+                error_code="model_refused",
+                usage=usage,
+            )
+        content = choice.message.content or ""
+        if len(content.encode()) > self._max_output_bytes:
+            raise InvalidAnswer(
+                f"the answer is over {self._max_output_bytes} bytes",
+                error_code="output_too_large",
+                usage=usage,
+            )
+        if not content.strip():
+            raise InvalidAnswer(
+                "the model returned no text", error_code="empty_output", usage=usage
+            )
+        return content, choice.finish_reason == "length"
+
+    def _structured(self, name: str, schema: dict[str, Any], content: str, usage: Usage) -> Any:
+        """The answer parsed as JSON and checked against the task's output schema."""
+        try:
+            parsed = json.loads(content)
+        except ValueError as error:
+            raise InvalidAnswer(
+                f"the answer is not JSON: {error}", error_code="invalid_model_output", usage=usage
+            ) from None
+        errors = self._validator(name, schema).iter_errors(parsed)
+        problems = [str(e.message) for _, e in zip(range(3), errors, strict=False)]
+        if problems:
+            raise InvalidAnswer(
+                "the answer does not match the output schema: " + _shorten("; ".join(problems)),
+                error_code="invalid_model_output",
+                usage=usage,
+            )
+        return parsed
+
+    def _validator(self, name: str, schema: dict[str, Any]) -> jsonschema_rs.Validator:
+        with self._lock:
+            validator = self._validators.get(name)
+            if validator is None:
+                import jsonschema_rs
+
+                validator = jsonschema_rs.validator_for(schema)
+                self._validators[name] = validator
+            return validator
+
+
+def map_api_error(error: Exception, *, secret: Secret | None = None) -> Exception:
+    """Our error for an openai SDK error: transient → ModelUnavailable, else ModelRefused."""
+    import openai
+
+    if isinstance(error, openai.APITimeoutError):
+        return ModelUnavailable("the model call timed out", error_code="model_timeout")
+    if isinstance(error, openai.APIConnectionError):
+        return ModelUnavailable(
+            "could not reach the model API", error_code="model_connection_error"
+        )
+    if isinstance(error, (openai.AuthenticationError, openai.PermissionDeniedError)):
+        # An operator problem (revoked key, no model access): retry with backoff, then the
+        # dead-letter topic keeps the job for a replay once the key is fixed. The API's own
+        # message may echo part of the key, so it is not repeated.
+        status = error.status_code
+        return ModelUnavailable(
+            f"the model API rejected our credentials (HTTP {status})", error_code="model_auth_error"
+        )
+    if isinstance(error, openai.APIStatusError):
+        return _status_error(error, secret)
+    if isinstance(error, openai.APIError):
+        return ModelUnavailable(
+            f"model API error: {_scrub(error.message, secret)}", error_code="model_error"
+        )
+    return error
+
+
+def _status_error(error: Any, secret: Secret | None) -> Exception:
+    status: int = error.status_code
+    detail = f"HTTP {status}: {_scrub(_api_message(error), secret)}"
+    if status == 429:
+        quota = error.code == "insufficient_quota"
+        return ModelUnavailable(
+            detail,
+            error_code="model_quota_exceeded" if quota else "rate_limited",
+            retry_after=retry_after_seconds(error.response.headers),
+        )
+    if status >= 500:
+        return ModelUnavailable(
+            detail,
+            error_code="model_server_error",
+            retry_after=retry_after_seconds(error.response.headers),
+        )
+    if status in _TRANSIENT_STATUSES:
+        return ModelUnavailable(detail, error_code="model_server_error")
+    if error.code == "content_policy_violation":
+        return ModelRefused(detail, error_code="content_policy_violation")
+    return ModelRefused(detail, error_code="model_refused")
+
+
+def retry_after_seconds(headers: Mapping[str, str]) -> float:
+    """How long the API asks us to wait: retry-after-ms, retry-after, x-ratelimit-reset-*."""
+    for parse in (_retry_after_ms, _retry_after, _ratelimit_reset):
+        seconds = parse(headers)
+        if seconds is not None:
+            return min(max(seconds, 1.0), MAX_RETRY_AFTER_SECONDS)
+    return DEFAULT_RETRY_AFTER_SECONDS
+
+
+def _retry_after_ms(headers: Mapping[str, str]) -> float | None:
+    value = headers.get("retry-after-ms")
+    try:
+        return float(value) / 1000 if value is not None else None
+    except ValueError:
+        return None
+
+
+def _retry_after(headers: Mapping[str, str]) -> float | None:
+    value = headers.get("retry-after")
+    if value is None:
+        return None
+    try:
+        return float(value)
+    except ValueError:
+        pass
+    try:
+        moment = email.utils.parsedate_to_datetime(value)
+    except (TypeError, ValueError):
+        return None
+    return moment.timestamp() - time.time()
+
+
+def _ratelimit_reset(headers: Mapping[str, str]) -> float | None:
+    """Durations like `1s`, `6m0s`, `20ms`: the later of the request and token resets."""
+    found = [
+        _duration(value)
+        for name in ("x-ratelimit-reset-requests", "x-ratelimit-reset-tokens")
+        if (value := headers.get(name)) is not None
+    ]
+    seconds = [s for s in found if s is not None]
+    return max(seconds) if seconds else None
+
+
+def _duration(value: str) -> float | None:
+    text = value.strip()
+    parts = _DURATION_PART.findall(text)
+    if not parts or "".join(n + u for n, u in parts) != text:
+        return None
+    scale = {"h": 3600.0, "m": 60.0, "s": 1.0, "ms": 0.001}
+    return sum(float(number) * scale[unit] for number, unit in parts)
+
+
+def _api_message(error: Any) -> str:
+    body = error.body
+    if isinstance(body, dict) and isinstance(body.get("message"), str):
+        return str(body["message"])
+    return str(error.message)
+
+
+def _scrub(text: str, secret: Secret | None) -> str:
+    """Shorten an API message and make sure it never carries our key."""
+    if secret is not None:
+        key = secret.reveal()
+        if key:
+            text = text.replace(key, "[redacted]")
+    return _shorten(text)
+
+
+def _shorten(text: str) -> str:
+    return text if len(text) <= MAX_DETAIL_CHARS else text[: MAX_DETAIL_CHARS - 1] + "…"
+
+
+def _usage(completion: ChatCompletion, task: Task) -> Usage:
+    usage = completion.usage
+    return Usage(
+        model=completion.model or task.model,
+        prompt_tokens=usage.prompt_tokens if usage else 0,
+        completion_tokens=usage.completion_tokens if usage else 0,
+    )

@@ -1,0 +1,184 @@
+"""The dead-letter handler on real Postgres: fail what Pub/Sub gave up on, touch nothing else."""
+
+from __future__ import annotations
+
+import base64
+import json
+import uuid
+from pathlib import Path
+from typing import Any
+
+import pytest
+from sqlalchemy import create_engine, text
+
+from genjobs import store
+from genjobs.db import Database
+from genjobs.dead_letter import DeadLetterHandler
+from genjobs.errors import Forbidden
+from genjobs.jobs import Job
+from genjobs.statuses import Event, Status
+
+FIXTURES = Path(__file__).resolve().parents[1] / "fixtures"
+TOKEN = "Bearer good-push-token"
+USER = uuid.UUID("00000000-0000-4000-8000-0000000000d1")
+
+
+class FakeVerifier:
+    """Accepts one token; anything else is a service account that may not call."""
+
+    def verify(self, authorization_header: str | None) -> object:
+        if authorization_header != TOKEN:
+            raise Forbidden("not the push service account")
+        return object()
+
+
+@pytest.fixture
+def handler(clean_db: Database) -> DeadLetterHandler:
+    return DeadLetterHandler(db=clean_db, verifier=FakeVerifier())
+
+
+def insert(db: Database) -> Job:
+    new = store.NewJob(
+        user_id=USER,
+        task="summarize",
+        input={"text": "hello"},
+        metadata={},
+        idempotency_key=None,
+        request_hash="h",
+        trace_id=None,
+        max_attempts=5,
+    )
+    with db.transaction() as conn:
+        job = store.insert_job(conn, new)
+    assert job is not None
+    return job
+
+
+def dead_letter(job_id: uuid.UUID, delivery_count: str | None = "5") -> bytes:
+    data: dict[str, Any] = json.loads((FIXTURES / "push_envelope_dead_letter.json").read_text())
+    data["message"]["data"] = base64.b64encode(str(job_id).encode()).decode()
+    if delivery_count is None:
+        data["message"]["attributes"].pop("CloudPubSubDeadLetterSourceDeliveryCount")
+    else:
+        data["message"]["attributes"]["CloudPubSubDeadLetterSourceDeliveryCount"] = delivery_count
+    return json.dumps(data).encode()
+
+
+def reload(db: Database, job_id: uuid.UUID) -> Job:
+    with db.transaction() as conn:
+        job = store.get_job(conn, job_id)
+    assert job is not None
+    return job
+
+
+def events(db: Database, job_id: uuid.UUID) -> list[str]:
+    with db.transaction() as conn:
+        rows = conn.execute(
+            text("SELECT event FROM generation_logs WHERE generation_id = :id ORDER BY id"),
+            {"id": job_id},
+        )
+        return [r.event for r in rows]
+
+
+def retried_once(db: Database, job: Job) -> None:
+    """One attempt that ended in a transient error, as the worker leaves it."""
+    with db.transaction() as conn:
+        claim = store.claim_job(conn, job.id, 60, store.Delivery("m-1", 1))
+        assert claim.job is not None
+        outcome = store.Outcome(
+            Status.QUEUED, Event.RETRY, error_code="rate_limited", error_message="slow down"
+        )
+        assert store.finish_attempt(conn, claim.job, outcome, store.Delivery("m-1", 1))
+
+
+def test_dead_letter_fails_the_job_with_its_last_error(
+    handler: DeadLetterHandler, clean_db: Database
+) -> None:
+    job = insert(clean_db)
+    retried_once(clean_db, job)
+    answer = handler.handle(TOKEN, dead_letter(job.id))
+    assert answer.status == 200 and answer.body["outcome"] == "dead_lettered"
+    failed = reload(clean_db, job.id)
+    assert failed.status is Status.FAILED and failed.error == {
+        "code": "dead_lettered",
+        "message": "gave up after 5 delivery attempts; last error: rate_limited: slow down",
+    }
+    assert events(clean_db, job.id) == ["queued", "started", "retry", "dead_lettered"]
+
+
+def test_without_the_pubsub_count_the_job_attempts_are_reported(
+    handler: DeadLetterHandler, clean_db: Database
+) -> None:
+    job = insert(clean_db)
+    assert handler.handle(TOKEN, dead_letter(job.id, delivery_count=None)).status == 200
+    error = reload(clean_db, job.id).error
+    assert error is not None
+    assert error["message"] == "gave up after 0 delivery attempts; last error: none recorded"
+
+
+def test_a_processing_job_is_failed_and_its_late_write_refused(
+    handler: DeadLetterHandler, clean_db: Database
+) -> None:
+    job = insert(clean_db)
+    with clean_db.transaction() as conn:
+        claim = store.claim_job(conn, job.id, 60, store.Delivery("m-1", 5))
+    assert claim.job is not None
+    assert handler.handle(TOKEN, dead_letter(job.id)).status == 200
+    late = store.Outcome(Status.SUCCEEDED, Event.SUCCEEDED, result={"text": "too late"})
+    with clean_db.transaction() as conn:
+        assert store.finish_attempt(conn, claim.job, late, store.Delivery("m-1", 5)) is None
+    assert reload(clean_db, job.id).status is Status.FAILED
+
+
+def test_a_finished_job_is_left_untouched(handler: DeadLetterHandler, clean_db: Database) -> None:
+    job = insert(clean_db)
+    with clean_db.transaction() as conn:
+        claim = store.claim_job(conn, job.id, 60, store.Delivery("m-1", 1))
+        assert claim.job is not None
+        done = store.Outcome(Status.SUCCEEDED, Event.SUCCEEDED, result={"text": "ok"})
+        store.finish_attempt(conn, claim.job, done, store.Delivery("m-1", 1))
+    before = reload(clean_db, job.id)
+    answer = handler.handle(TOKEN, dead_letter(job.id))
+    assert answer.status == 200 and answer.body["outcome"] == "already_finished"
+    assert reload(clean_db, job.id) == before
+    assert events(clean_db, job.id) == ["queued", "started", "succeeded"]
+
+
+def test_duplicate_dead_letters_write_once(handler: DeadLetterHandler, clean_db: Database) -> None:
+    job = insert(clean_db)
+    assert handler.handle(TOKEN, dead_letter(job.id)).body["outcome"] == "dead_lettered"
+    assert handler.handle(TOKEN, dead_letter(job.id)).body["outcome"] == "already_finished"
+    assert events(clean_db, job.id) == ["queued", "dead_lettered"]
+
+
+@pytest.mark.parametrize(
+    "body",
+    [
+        (FIXTURES / "push_envelope_no_message.json").read_bytes(),
+        (FIXTURES / "push_envelope_not_a_job_id.json").read_bytes(),
+    ],
+)
+def test_poison_and_unknown_jobs_are_acked_and_write_nothing(
+    handler: DeadLetterHandler, clean_db: Database, body: bytes
+) -> None:
+    assert handler.handle(TOKEN, body).status == 200
+    assert handler.handle(TOKEN, dead_letter(uuid.uuid4())).body["outcome"] == "unknown_job"
+    with clean_db.transaction() as conn:
+        assert conn.execute(text("SELECT count(*) FROM generation_logs")).scalar_one() == 0
+
+
+def test_forbidden_caller_is_refused(handler: DeadLetterHandler, clean_db: Database) -> None:
+    job = insert(clean_db)
+    assert handler.handle("Bearer someone-else", dead_letter(job.id)).status == 403
+    assert reload(clean_db, job.id).status is Status.QUEUED
+
+
+def test_database_down_nacks_with_503() -> None:
+    down = Database(create_engine("postgresql+pg8000://postgres@127.0.0.1:9/none"))
+    try:
+        answer = DeadLetterHandler(db=down, verifier=FakeVerifier()).handle(
+            TOKEN, dead_letter(uuid.uuid4())
+        )
+    finally:
+        down.dispose()
+    assert answer.status == 503 and answer.headers["Retry-After"]
