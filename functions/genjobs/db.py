@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import ssl
+import warnings
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -117,7 +118,10 @@ def embedded_database_url(data_dir: str) -> str:
         ) from error
     path = Path(data_dir).resolve()
     path.mkdir(parents=True, exist_ok=True)
-    server = get_server(str(path), cleanup_mode=None)
+    with warnings.catch_warnings():
+        # platformdirs warns when XDG_RUNTIME_DIR is unset (containers, CI): harmless here.
+        warnings.simplefilter("ignore")
+        server = get_server(str(path), cleanup_mode=None)
     uri: str = server.get_uri()
     return uri
 

@@ -51,9 +51,7 @@ class InvalidRequest(ClientError):
     code = "validation_error"
     title = "Request validation failed"
 
-    def __init__(
-        self, detail: str | None = None, errors: Sequence[Mapping[str, Any]] = ()
-    ) -> None:
+    def __init__(self, detail: str | None = None, errors: Sequence[Mapping[str, Any]] = ()) -> None:
         super().__init__(detail)
         self.errors = [dict(e) for e in errors]
 

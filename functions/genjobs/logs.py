@@ -59,6 +59,9 @@ def configure_logging(level: str = "INFO", project: str | None = None) -> None:
     handler.setFormatter(CloudJsonFormatter(project))
     root.handlers = [handler]
     root.setLevel(level)
+    # The HTTP clients log every request at INFO; our own lines already say what happened.
+    for noisy in ("httpx", "httpx2", "httpcore", "urllib3"):
+        logging.getLogger(noisy).setLevel(logging.WARNING)
 
 
 def trace_id_from_headers(headers: Any) -> str | None:

@@ -37,12 +37,16 @@ def test_upgrade_downgrade_upgrade_and_no_drift() -> None:
         with engine.begin() as conn:
             config.attributes["connection"] = conn
             command.check(config)  # raises when models and migrations disagree
-            published = conn.execute(
-                text(
-                    "SELECT tablename FROM pg_publication_tables "
-                    "WHERE pubname = 'supabase_realtime'"
+            published = (
+                conn.execute(
+                    text(
+                        "SELECT tablename FROM pg_publication_tables "
+                        "WHERE pubname = 'supabase_realtime'"
+                    )
                 )
-            ).scalars().all()
+                .scalars()
+                .all()
+            )
             views = set(inspect(conn).get_view_names())
         assert published == ["generations"]
         assert {"generation_daily_metrics", "generation_error_codes"} <= views

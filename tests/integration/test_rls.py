@@ -55,15 +55,15 @@ def test_authenticated_users_cannot_write(clean_db: Database, owned_job: uuid.UU
         "INSERT INTO generations (user_id, task, input) "
         "VALUES ((SELECT auth.uid()), 'summarize', '{}')",
     ):
-        with pytest.raises(ProgrammingError, match="permission denied"):
-            with clean_db.transaction() as conn:
-                act_as(conn, "authenticated", OWNER)
-                conn.execute(text(statement))
+        with (
+            pytest.raises(ProgrammingError, match="permission denied"),
+            clean_db.transaction() as conn,
+        ):
+            act_as(conn, "authenticated", OWNER)
+            conn.execute(text(statement))
 
 
-@pytest.mark.parametrize(
-    "table", ["generations", "generation_logs", "generation_daily_metrics"]
-)
+@pytest.mark.parametrize("table", ["generations", "generation_logs", "generation_daily_metrics"])
 def test_anon_reads_nothing(clean_db: Database, owned_job: uuid.UUID, table: str) -> None:
     with pytest.raises(ProgrammingError, match="permission denied"):
         count_visible(clean_db, "anon", None, table)

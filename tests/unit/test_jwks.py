@@ -14,6 +14,7 @@ from typing import Any
 import jwt
 import pytest
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
+
 from genjobs.auth.jwks import JwksCache, KeySetUnavailable, parse_jwks
 from genjobs.errors import Unauthenticated
 

@@ -12,9 +12,10 @@ from typing import Any
 import jwt
 import pytest
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
+
 from genjobs.auth import JwksCache, ServiceIdentity, ServiceTokenVerifier
-from genjobs.auth.minting import LOCAL_JWT_SECRET
 from genjobs.errors import ConfigurationError, Forbidden, Unauthenticated
+from genjobs.settings import LOCAL_JWT_SECRET
 
 PUSH_EMAIL = "pubsub-push@local-project.iam.gserviceaccount.com"
 AUDIENCE = "http://127.0.0.1:8081/"

@@ -17,15 +17,11 @@ import jwt
 import pytest
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
+
 from genjobs.auth import JwksCache, KeySetUnavailable, User, UserTokenVerifier
-from genjobs.auth.minting import (
-    DEMO_USER_ID,
-    LOCAL_JWT_SECRET,
-    LOCAL_SUPABASE_URL,
-    mint_api_key,
-    mint_user_token,
-)
+from genjobs.auth.minting import DEMO_USER_ID, mint_api_key, mint_user_token
 from genjobs.errors import ConfigurationError, Forbidden, Unauthenticated
+from genjobs.settings import LOCAL_JWT_SECRET, LOCAL_SUPABASE_URL
 
 ISSUER = f"{LOCAL_SUPABASE_URL}/auth/v1"
 

@@ -9,8 +9,6 @@ from typing import Any, Literal
 
 import jwt
 
-from genjobs.settings import LOCAL_JWT_SECRET, LOCAL_SUPABASE_URL
-
 DEMO_USER_ID = uuid.UUID("00000000-0000-4000-8000-000000000001")
 # The CLI's demo anon/service_role keys expire then (2032-11-11).
 API_KEY_EXPIRY = 1983812996
