@@ -9,6 +9,7 @@ import signal
 import sys
 import threading
 from collections.abc import Callable, Sequence
+from pathlib import Path
 from types import FrameType
 from typing import TypeVar
 
@@ -94,6 +95,13 @@ def build_parser() -> argparse.ArgumentParser:
         help="`email` claim of push tokens",
     )
     parser.add_argument(
+        "--signing-key",
+        type=Path,
+        default=None,
+        metavar="PEM_FILE",
+        help="RSA private key that signs push tokens (default: a new key each start)",
+    )
+    parser.add_argument(
         "--push-audience",
         default=_env(f"{ENV_PREFIX}PUSH_AUDIENCE", str, ""),
         help="`aud` claim of every push token (default: the push endpoint URL)",
@@ -161,6 +169,7 @@ def config_from_args(args: argparse.Namespace) -> EmulatorConfig:
         endpoints=dict(args.endpoint),
         push_service_account=args.push_service_account,
         push_audience=args.push_audience,
+        signing_key_pem=args.signing_key.read_bytes() if args.signing_key else b"",
         max_outstanding_pushes=args.max_outstanding_pushes,
         faults=FaultConfig(
             duplicate_rate=args.duplicate_rate,

@@ -44,6 +44,8 @@ class EmulatorConfig:
     push_audience: str = ""
     faults: FaultConfig = field(default_factory=FaultConfig)
     max_outstanding_pushes: int = DEFAULT_MAX_OUTSTANDING_PUSHES
+    # PEM of the RSA key that signs push tokens; a fresh key per start when empty.
+    signing_key_pem: bytes = b""
 
 
 class Emulator:
@@ -95,7 +97,7 @@ class Emulator:
             if subscription.push is not None:
                 log.info("%s pushes to %s", subscription.name, subscription.push.endpoint)
 
-        issuer = TokenIssuer()
+        issuer = TokenIssuer(private_key_pem=config.signing_key_pem or None)
         self._certs = CertsServer(issuer, config.host, config.http_port)
         self.http_port = self._certs.port
         try:

@@ -43,12 +43,26 @@ def service_account_id(email: str) -> str:
     return "1" + str(digest % 10**20).zfill(20)
 
 
+def load_rsa_private_key(pem: bytes) -> rsa.RSAPrivateKey:
+    """An RSA private key from PEM (tests share one with the emulator to sign pushes)."""
+    key = serialization.load_pem_private_key(pem, password=None)
+    if not isinstance(key, rsa.RSAPrivateKey):
+        raise TypeError("the push signing key must be an RSA private key")
+    return key
+
+
 class TokenIssuer:
     """Signs RS256 identity tokens with a key pair generated at startup."""
 
-    def __init__(self, clock: Callable[[], float] = time.time) -> None:
+    def __init__(
+        self, clock: Callable[[], float] = time.time, private_key_pem: bytes | None = None
+    ) -> None:
         self._clock = clock
-        self._key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
+        self._key = (
+            load_rsa_private_key(private_key_pem)
+            if private_key_pem
+            else rsa.generate_private_key(public_exponent=65537, key_size=2048)
+        )
         public_der = self._key.public_key().public_bytes(
             serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo
         )

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import dataclasses
+import hashlib
 import time
 import uuid
 from collections.abc import Callable, Iterator
@@ -10,12 +12,15 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+import jwt
 import pytest
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric import rsa
 
 from devstack.dev import Ports, StackConfig, build_services
 from devstack.supervisor import Supervisor, free_port
 from genjobs.auth.minting import mint_user_token
-from genjobs.settings import LOCAL_JWT_SECRET, LOCAL_SUPABASE_URL
+from genjobs.settings import LOCAL_JWT_SECRET, LOCAL_PUSH_SERVICE_ACCOUNT, LOCAL_SUPABASE_URL
 
 TERMINAL = {"succeeded", "failed", "cancelled"}
 
@@ -27,6 +32,30 @@ class Stack:
     ports: Ports
     supervisor: Supervisor
     logs: Path
+    push_key: rsa.RSAPrivateKey
+
+    def push_token(self, audience: str, email: str = LOCAL_PUSH_SERVICE_ACCOUNT) -> str:
+        """A push token signed with the emulator's key, as Pub/Sub would send it."""
+        now = int(time.time())
+        claims = {
+            "iss": "https://accounts.google.com",
+            "aud": audience,
+            "email": email,
+            "email_verified": True,
+            "sub": "1" * 21,
+            "iat": now,
+            "exp": now + 600,
+        }
+        # The emulator names its key by the SHA-1 of the public key, as its JWKS shows.
+        public_der = self.push_key.public_key().public_bytes(
+            serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo
+        )
+        kid = hashlib.sha1(public_der, usedforsecurity=False).hexdigest()
+        return jwt.encode(claims, self.push_key, algorithm="RS256", headers={"kid": kid})
+
+    @property
+    def worker_url(self) -> str:
+        return f"http://127.0.0.1:{self.ports.worker}/"
 
     @property
     def api_url(self) -> str:
@@ -104,10 +133,22 @@ def stack(app_database_url: str, tmp_path_factory: pytest.TempPathFactory) -> It
         worker_threads=32,
     )
     logs = tmp_path_factory.mktemp("stack-logs")
+    push_key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
+    key_file = logs / "push-signing-key.pem"
+    key_file.write_bytes(
+        push_key.private_bytes(
+            serialization.Encoding.PEM,
+            serialization.PrivateFormat.PKCS8,
+            serialization.NoEncryption(),
+        )
+    )
+    config = dataclasses.replace(
+        config, emulator_flags=(*config.emulator_flags, "--signing-key", str(key_file))
+    )
     supervisor = Supervisor(build_services(config), output_dir=logs)
     supervisor.start()
     try:
-        yield Stack(ports, supervisor, logs)
+        yield Stack(ports, supervisor, logs, push_key)
     finally:
         supervisor.stop()
 

@@ -2,11 +2,16 @@
 
 from __future__ import annotations
 
+import base64
+import json
 import uuid
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
+import httpx
 from sqlalchemy import text
 
+from genjobs import store
 from genjobs.db import Database
 from tests.e2e.conftest import Stack
 
@@ -36,11 +41,11 @@ def log_rows(db: Database, job_id: str) -> list[dict[str, Any]]:
         return [dict(r) for r in rows]
 
 
-def events(db: Database, job_id: str) -> list[str]:
+def events(db: Database, job_id: str, published: int = 1) -> list[str]:
     """The job's events in order, `published` set aside: the api records it after the
-    publish returns, which may be after the worker has started (asserted once here)."""
+    publish returns, which may be after the worker has started (counted here)."""
     all_events = [r["event"] for r in log_rows(db, job_id)]
-    assert all_events.count("published") == 1, all_events
+    assert all_events.count("published") == published, all_events
     return [e for e in all_events if e != "published"]
 
 
@@ -108,3 +113,47 @@ def test_cancel_while_queued_never_calls_the_model(stack: Stack, db: Database) -
     assert events(db, job_id) == ["queued", "cancelled"]
     assert stack.model_calls(marker) == []
     assert client.get(f"/v1/generations/{job_id}").json()["status"] == "cancelled"
+
+
+def test_one_message_pushed_ten_times_at_once_runs_the_model_once(
+    stack: Stack, db: Database
+) -> None:
+    user = uuid.uuid4()
+    marker = uuid.uuid4().hex
+    with db.transaction() as conn:  # stored but never published: only our pushes deliver it
+        job = store.insert_job(
+            conn,
+            store.NewJob(
+                user, "summarize", {"text": f"stub:sleep=0.5 {marker}"}, {}, None, "h", None, 5
+            ),
+        )
+    assert job is not None
+    body = json.dumps(
+        {
+            "message": {
+                "data": base64.b64encode(str(job.id).encode()).decode(),
+                "messageId": "424242",
+                "message_id": "424242",
+                "publishTime": "2026-11-26T10:00:00.000Z",
+                "publish_time": "2026-11-26T10:00:00.000Z",
+            },
+            "subscription": "projects/local-project/subscriptions/generation-jobs-worker",
+            "deliveryAttempt": 1,
+        }
+    )
+    headers = {
+        "Authorization": f"Bearer {stack.push_token(stack.worker_url)}",
+        "Content-Type": "application/json",
+    }
+
+    def push(_: int) -> int:
+        return httpx.post(stack.worker_url, content=body, headers=headers, timeout=30).status_code
+
+    with ThreadPoolExecutor(10) as pool:
+        statuses = list(pool.map(push, range(10)))
+    assert statuses.count(200) >= 1 and set(statuses) <= {200, 409}, statuses
+    with stack.client(user) as client:
+        done = stack.wait_for(client, str(job.id))
+    assert done["status"] == "succeeded" and done["attempts"] == 1
+    assert len(stack.model_calls(marker)) == 1
+    assert events(db, str(job.id), published=0) == ["queued", "started", "succeeded"]
