@@ -12,6 +12,8 @@ from typing import Any
 import yaml
 
 from devstack.database import prepare_database
+from devstack.scheduler import LocalScheduler
+from devstack.signing import load_or_create_key
 from devstack.supervisor import ROOT, Service, Supervisor, function_service
 
 TOPOLOGY = ROOT / "infra" / "pubsub.yaml"
@@ -53,11 +55,16 @@ class StackConfig:
     """Everything that differs between `make run` and a test's private stack."""
 
     database_url: str
+    # The local "Google" key: signs push tokens (emulator) and scheduler tokens.
+    signing_key: Path = ROOT / ".local" / "push-signing-key.pem"
     ports: Ports = field(default_factory=Ports)
     openai_api_key: str | None = None
     emulator_flags: tuple[str, ...] = ()
+    # Settings for every function (e.g. shorter sweeper thresholds in tests).
     env: Mapping[str, str] = field(default_factory=dict)
+    worker_env: Mapping[str, str] = field(default_factory=dict)
     worker_threads: int = 64
+    sweep_interval: float = 5.0
 
 
 def ack_deadline_seconds(topology: Path = TOPOLOGY) -> int:
@@ -67,7 +74,7 @@ def ack_deadline_seconds(topology: Path = TOPOLOGY) -> int:
 
 
 def build_services(config: StackConfig) -> list[Service]:
-    """The emulator, the stub model (unless a real key is given) and the functions."""
+    """The emulator, the stub model (unless a real key is given) and the four functions."""
     p = config.ports
     url = "http://127.0.0.1:{}/".format
     common = {
@@ -77,6 +84,8 @@ def build_services(config: StackConfig) -> list[Service]:
         "PUBSUB_EMULATOR_HOST": f"127.0.0.1:{p.pubsub}",
         "PUSH_CERTS_URL": f"http://127.0.0.1:{p.pubsub_http}/oauth2/v3/certs",
         "ACK_DEADLINE_SECONDS": str(ack_deadline_seconds()),
+        # Locally the sweeper runs every few seconds, so it may act sooner than in the cloud.
+        "SWEEP_PUBLISH_GRACE_SECONDS": "5",
         **config.env,
     }
     model_env = (
@@ -87,54 +96,33 @@ def build_services(config: StackConfig) -> list[Service]:
             "OPENAI_BASE_URL": f"http://127.0.0.1:{p.stub_model}/v1",
         }
     )
-    services = [
-        Service(
-            "pubsub-emulator",
-            [
-                sys.executable,
-                "-m",
-                "devstack.pubsub_emulator",
-                "--port",
-                str(p.pubsub),
-                "--http-port",
-                str(p.pubsub_http),
-                "--project",
-                PROJECT,
-                "--topology",
-                str(TOPOLOGY),
-                "--endpoint",
-                f"worker={url(p.worker)}",
-                "--endpoint",
-                f"dead_letter={url(p.dead_letter)}",
-                *config.emulator_flags,
-            ],
-            p.pubsub,
-            env=common,
-        ),
+    emulator_argv = [
+        *(sys.executable, "-m", "devstack.pubsub_emulator"),
+        *("--port", str(p.pubsub), "--http-port", str(p.pubsub_http)),
+        *("--project", PROJECT, "--topology", str(TOPOLOGY)),
+        *("--endpoint", f"worker={url(p.worker)}"),
+        *("--endpoint", f"dead_letter={url(p.dead_letter)}"),
+        *("--signing-key", str(config.signing_key)),
+        *config.emulator_flags,
     ]
+    services = [Service("pubsub-emulator", emulator_argv, p.pubsub, env=common)]
     if not config.openai_api_key:
-        services.append(
-            Service(
-                "stub-model",
-                [sys.executable, "-m", "devstack.stub_model", "--port", str(p.stub_model)],
-                p.stub_model,
-            )
-        )
+        stub_argv = [sys.executable, "-m", "devstack.stub_model", "--port", str(p.stub_model)]
+        services.append(Service("stub-model", stub_argv, p.stub_model))
+    worker_env = {
+        **common,
+        **model_env,
+        "PUSH_AUDIENCE": url(p.worker),
+        "THREADS": str(config.worker_threads),
+        **config.worker_env,
+    }
     services += [
         function_service("api", p.api, common),
-        function_service(
-            "worker",
-            p.worker,
-            {
-                **common,
-                **model_env,
-                "PUSH_AUDIENCE": url(p.worker),
-                "THREADS": str(config.worker_threads),
-            },
-        ),
+        function_service("worker", p.worker, worker_env),
         function_service(
             "dead_letter", p.dead_letter, {**common, "PUSH_AUDIENCE": url(p.dead_letter)}
         ),
+        function_service("sweeper", p.sweeper, {**common, "PUSH_AUDIENCE": url(p.sweeper)}),
     ]
     return services
 
@@ -160,6 +148,7 @@ def banner(config: StackConfig) -> str:
    api           http://127.0.0.1:{p.api}      (OpenAPI: /openapi.json)
    worker        http://127.0.0.1:{p.worker}      (Pub/Sub push only)
    dead_letter   http://127.0.0.1:{p.dead_letter}
+   sweeper       http://127.0.0.1:{p.sweeper}      (every {config.sweep_interval:g}s)
    Pub/Sub       emulator on 127.0.0.1:{p.pubsub} (PUBSUB_EMULATOR_HOST)
    model         {model}
    database      {_safe_url(config.database_url)}
@@ -199,9 +188,21 @@ def run_dev(fault_profile: bool = False) -> int:
         openai_api_key=os.environ.get("OPENAI_API_KEY") or None,
         emulator_flags=flags,
     )
+    load_or_create_key(config.signing_key)
     supervisor = Supervisor(build_services(config))
     supervisor.start()
+    scheduler = start_scheduler(config)
     print(banner(config), flush=True)
-    supervisor.run_forever()
+    try:
+        supervisor.run_forever()
+    finally:
+        scheduler.stop()
     print("[dev] stopped", flush=True)
     return 0
+
+
+def start_scheduler(config: StackConfig) -> LocalScheduler:
+    """Call the sweeper every `sweep_interval` seconds with a scheduler token."""
+    url = f"http://127.0.0.1:{config.ports.sweeper}/"
+    key = load_or_create_key(config.signing_key)
+    return LocalScheduler(url, key, config.sweep_interval).start()

@@ -16,6 +16,7 @@ if TYPE_CHECKING:
     from genjobs.dead_letter import DeadLetterHandler
     from genjobs.push import PushAnswer
     from genjobs.settings import Role, Settings
+    from genjobs.sweeper import Sweeper
     from genjobs.worker import Worker
 
 
@@ -84,6 +85,21 @@ def _dead_letter() -> DeadLetterHandler:
     return DeadLetterHandler(db=create_database(settings), verifier=_push_verifier(settings))
 
 
+@functools.cache
+def _sweeper() -> Sweeper:
+    from genjobs.db import create_database
+    from genjobs.publisher import PubSubJobPublisher
+    from genjobs.sweeper import Sweeper
+
+    settings = _settings("sweeper")
+    return Sweeper(
+        settings=settings,
+        db=create_database(settings),
+        publisher=PubSubJobPublisher(settings),
+        verifier=_push_verifier(settings),
+    )
+
+
 def _push_response(answer: PushAnswer) -> Response:
     return Response(
         json.dumps(answer.body),
@@ -113,10 +129,17 @@ def dead_letter(request: Request) -> Response:
     return _push_response(answer)
 
 
+@functions_framework.http
+def sweeper(request: Request) -> Response:
+    """Cloud Scheduler's target: republish, recover leases, expire old jobs."""
+    return _push_response(_sweeper().handle(request.headers.get("Authorization")))
+
+
 _FACTORIES: dict[str, Callable[[], object]] = {
     "api": _api,
     "worker": _worker,
     "dead_letter": _dead_letter,
+    "sweeper": _sweeper,
 }
 
 # Cold start builds the instance's function at import, so bad settings fail the deploy

@@ -34,6 +34,7 @@ class Job:
     lease_expires_at: datetime | None
     published_at: datetime | None
     cancel_requested_at: datetime | None
+    not_before: datetime | None
     created_at: datetime
     started_at: datetime | None
     finished_at: datetime | None
@@ -61,6 +62,7 @@ class Job:
             lease_expires_at=row["lease_expires_at"],
             published_at=row["published_at"],
             cancel_requested_at=row["cancel_requested_at"],
+            not_before=row.get("not_before"),
             created_at=row["created_at"],
             started_at=row["started_at"],
             finished_at=row["finished_at"],

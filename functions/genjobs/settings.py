@@ -14,6 +14,7 @@ from genjobs.secrets import Secret, secret_manager_loader
 LOCAL_SUPABASE_URL = "http://127.0.0.1:54321"
 LOCAL_JWT_SECRET = "super-secret-jwt-token-with-at-least-32-characters-long"  # noqa: S105
 LOCAL_PUSH_SERVICE_ACCOUNT = "pubsub-push@local-project.iam.gserviceaccount.com"
+LOCAL_SCHEDULER_SERVICE_ACCOUNT = "scheduler@local-project.iam.gserviceaccount.com"
 LOCAL_PUSH_CERTS_URL = "http://127.0.0.1:8086/oauth2/v3/certs"
 GOOGLE_CERTS_URL = "https://www.googleapis.com/oauth2/v3/certs"
 
@@ -69,6 +70,15 @@ class Settings:
     # Worker timing: task timeout < lease < ack deadline (checked in `check_timing`).
     ack_deadline_seconds: int = 300
     lease_margin_seconds: int = 30
+    # The jobs subscription's minimum backoff: a model's Retry-After longer than this defers
+    # the job (acked, republished by the sweeper) instead of spending a delivery attempt.
+    retry_min_backoff_seconds: int = 10
+
+    # Sweeper.
+    sweep_publish_grace_seconds: int = 30
+    republish_after_seconds: int = 900
+    max_job_age_seconds: int = 86_400
+    sweep_batch_size: int = 200
 
     @property
     def lease_seconds(self) -> int:
@@ -192,6 +202,15 @@ _PLAIN: dict[str, tuple[str, Callable[[str], object], str]] = {
     "DAILY_TOKEN_BUDGET": ("daily_token_budget", _positive_int, "a positive integer"),
     "ACK_DEADLINE_SECONDS": ("ack_deadline_seconds", _positive_int, "a positive integer"),
     "LEASE_MARGIN_SECONDS": ("lease_margin_seconds", _positive_int, "a positive integer"),
+    "RETRY_MIN_BACKOFF_SECONDS": ("retry_min_backoff_seconds", _positive_int, "a positive integer"),
+    "SWEEP_PUBLISH_GRACE_SECONDS": (
+        "sweep_publish_grace_seconds",
+        _positive_int,
+        "a positive integer",
+    ),
+    "REPUBLISH_AFTER_SECONDS": ("republish_after_seconds", _positive_int, "a positive integer"),
+    "MAX_JOB_AGE_SECONDS": ("max_job_age_seconds", _positive_int, "a positive integer"),
+    "SWEEP_BATCH_SIZE": ("sweep_batch_size", _positive_int, "a positive integer"),
 }
 _SECRETS = {
     "DATABASE_URL": "database_url",
@@ -229,7 +248,7 @@ def load_settings(role: Role = "cli", env: Mapping[str, str] | None = None) -> S
     elif settings.supabase_jwt_secret is None and role == "api":
         settings = replace(settings, supabase_jwt_secret=Secret(LOCAL_JWT_SECRET))
     if settings.is_local and role in {"worker", "dead_letter", "sweeper"}:
-        settings = _local_push_defaults(settings)
+        settings = _local_push_defaults(settings, role)
     problem = check_timing(settings)
     if problem:
         reader.problems.append(problem)
@@ -259,11 +278,14 @@ def _check_cloud_requirements(settings: Settings, role: Role, reader: _Reader) -
             reader.problems.append(f"{name}{suffix} is required when GENJOBS_ENV=cloud")
 
 
-def _local_push_defaults(settings: Settings) -> Settings:
-    """Locally, push tokens come from the emulator's key and service account."""
+def _local_push_defaults(settings: Settings, role: Role) -> Settings:
+    """Locally, tokens are signed with the emulator's key for the local service accounts."""
     changes: dict[str, object] = {}
     if not settings.push_service_accounts:
-        changes["push_service_accounts"] = (LOCAL_PUSH_SERVICE_ACCOUNT,)
+        caller = (
+            LOCAL_SCHEDULER_SERVICE_ACCOUNT if role == "sweeper" else LOCAL_PUSH_SERVICE_ACCOUNT
+        )
+        changes["push_service_accounts"] = (caller,)
     if settings.push_certs_url == GOOGLE_CERTS_URL:
         changes["push_certs_url"] = LOCAL_PUSH_CERTS_URL
     return replace(settings, **changes)  # type: ignore[arg-type]
@@ -278,6 +300,8 @@ def check_timing(settings: Settings) -> str | None:
             f"LEASE_MARGIN_SECONDS={settings.lease_margin_seconds} leaves no time for a task "
             f"inside ACK_DEADLINE_SECONDS={settings.ack_deadline_seconds}"
         )
+    if settings.republish_after_seconds <= settings.ack_deadline_seconds:
+        return "REPUBLISH_AFTER_SECONDS must be longer than ACK_DEADLINE_SECONDS"
     return None
 
 

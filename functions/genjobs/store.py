@@ -16,7 +16,7 @@ from genjobs.jobs import Job
 from genjobs.statuses import Event, Status
 
 # Inserted by each transition's CTE: the status change and its event are one atomic write.
-_LOG_COLUMNS = (
+LOG_COLUMNS = (
     "generation_id, user_id, event, ai_status, attempt, message_id, delivery_attempt, "
     "model, prompt_tokens, completion_tokens, latency_ms, error_code, detail"
 )
@@ -105,7 +105,7 @@ _INSERT = _sql(
       ON CONFLICT (user_id, idempotency_key) DO NOTHING
       RETURNING *
     ), log AS (
-      INSERT INTO generation_logs ({_LOG_COLUMNS})
+      INSERT INTO generation_logs ({LOG_COLUMNS})
       SELECT id, user_id, 'queued', 'queued', 0, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL
       FROM job
     )
@@ -153,10 +153,10 @@ _MARK_PUBLISHED = _sql(
     f"""
     WITH job AS (
       UPDATE generations SET published_at = now(), updated_at = now()
-      WHERE id = :id AND published_at IS NULL
+      WHERE id = :id AND ai_status IN ('queued', 'processing')
       RETURNING id, user_id, ai_status, attempts
     )
-    INSERT INTO generation_logs ({_LOG_COLUMNS})
+    INSERT INTO generation_logs ({LOG_COLUMNS})
     SELECT id, user_id, 'published', ai_status, attempts, :message_id, NULL,
            NULL, NULL, NULL, NULL, NULL, NULL
     FROM job
@@ -165,7 +165,7 @@ _MARK_PUBLISHED = _sql(
 
 
 def mark_published(conn: Connection, job_id: uuid.UUID, message_id: str) -> None:
-    """Record that the job's message reached Pub/Sub (the sweeper republishes the rest)."""
+    """Record that a message for the job reached Pub/Sub (the sweeper republishes the rest)."""
     conn.execute(_MARK_PUBLISHED, {"id": job_id, "message_id": message_id})
 
 
@@ -240,7 +240,7 @@ _CANCEL = _sql(
       WHERE id = :id AND user_id = :user_id AND ai_status IN ('queued', 'processing')
       RETURNING *
     ), log AS (
-      INSERT INTO generation_logs ({_LOG_COLUMNS})
+      INSERT INTO generation_logs ({LOG_COLUMNS})
       SELECT id, user_id, 'cancelled', 'cancelled', attempts, NULL, NULL,
              NULL, NULL, NULL, NULL, NULL, NULL
       FROM job
@@ -264,10 +264,11 @@ _CLAIM = _sql(
           lease_expires_at = now() + make_interval(secs => :lease_seconds),
           started_at = coalesce(started_at, now()), updated_at = now()
       WHERE id = :id AND attempts < max_attempts
+        AND (not_before IS NULL OR not_before <= now())
         AND (ai_status = 'queued' OR (ai_status = 'processing' AND lease_expires_at < now()))
       RETURNING *
     ), log AS (
-      INSERT INTO generation_logs ({_LOG_COLUMNS})
+      INSERT INTO generation_logs ({LOG_COLUMNS})
       SELECT id, user_id, 'started', 'processing', attempts, :message_id, :delivery_attempt,
              NULL, NULL, NULL, NULL, NULL, NULL
       FROM claimed
@@ -315,6 +316,8 @@ class Outcome:
     prompt_tokens: int | None = None
     completion_tokens: int | None = None
     latency_ms: int | None = None
+    # A rate-limited attempt waits this long, and does not count against the job's budget.
+    defer_seconds: float | None = None
 
 
 _FINISH_ATTEMPT = _sql(
@@ -331,12 +334,15 @@ _FINISH_ATTEMPT = _sql(
           completion_tokens = coalesce(completion_tokens, 0)
                               + coalesce(CAST(:completion_tokens AS int), 0),
           lease_expires_at = NULL,
+          not_before = CASE WHEN CAST(:defer AS float8) IS NULL THEN NULL
+                       ELSE now() + make_interval(secs => CAST(:defer AS float8)) END,
+          max_attempts = max_attempts + CASE WHEN CAST(:defer AS float8) IS NULL THEN 0 ELSE 1 END,
           finished_at = CASE WHEN :status = 'queued' THEN NULL ELSE now() END,
           updated_at = now()
       WHERE id = :id AND ai_status = 'processing' AND attempts = :attempt
       RETURNING *
     ), log AS (
-      INSERT INTO generation_logs ({_LOG_COLUMNS})
+      INSERT INTO generation_logs ({LOG_COLUMNS})
       SELECT id, user_id, :event, :status, attempts, :message_id, :delivery_attempt,
              :model, :prompt_tokens, :completion_tokens, :latency_ms, :error_code, :error_message
       FROM job
@@ -363,6 +369,7 @@ def finish_attempt(conn: Connection, job: Job, outcome: Outcome, delivery: Deliv
                 "prompt_tokens": outcome.prompt_tokens,
                 "completion_tokens": outcome.completion_tokens,
                 "latency_ms": outcome.latency_ms,
+                "defer": outcome.defer_seconds,
                 "message_id": delivery.message_id,
                 "delivery_attempt": delivery.delivery_attempt,
             },
@@ -383,7 +390,7 @@ _FAIL_UNFINISHED = _sql(
       WHERE id = :id AND ai_status IN ('queued', 'processing')
       RETURNING *
     ), log AS (
-      INSERT INTO generation_logs ({_LOG_COLUMNS})
+      INSERT INTO generation_logs ({LOG_COLUMNS})
       SELECT id, user_id, :event, 'failed', attempts, :message_id, :delivery_attempt,
              NULL, NULL, NULL, NULL, :error_code, :error_message
       FROM job
@@ -433,6 +440,7 @@ def _job_from_json(value: Any) -> Job:
         "lease_expires_at",
         "published_at",
         "cancel_requested_at",
+        "not_before",
     ):
         if data.get(key) is not None:
             data[key] = datetime.fromisoformat(data[key])

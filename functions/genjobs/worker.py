@@ -12,6 +12,7 @@ from pydantic import ValidationError
 from sqlalchemy import Connection
 
 from genjobs import store
+from genjobs.crashpoints import crash_point
 from genjobs.db import Database
 from genjobs.errors import LeaseHeld, ModelUnavailable, PermanentFailure
 from genjobs.jobs import Job
@@ -53,6 +54,14 @@ class Worker:
         self._verifier = verifier
         self._clock = clock
         self._now = now
+        for task in tasks.values():
+            if task.timeout_seconds > settings.max_task_timeout_seconds:
+                log.warning(
+                    "task %s: timeout %ss capped at %ss to finish inside the lease",
+                    task.name,
+                    task.timeout_seconds,
+                    settings.max_task_timeout_seconds,
+                )
 
     def handle(self, authorization: str | None, body: bytes) -> PushAnswer:
         """The answer to one push request: 2xx acks, anything else asks for a retry."""
@@ -82,6 +91,10 @@ class Worker:
         if job.status.is_terminal:
             log.info("duplicate or late delivery of a finished job acked", extra=extra)
             return _answer(job, "already_finished")
+        if job.status is Status.QUEUED and job.not_before is not None:
+            # Deferred by a rate limit: the sweeper publishes it again once it is due.
+            log.info("delivery of a deferred job acked", extra=extra)
+            return _answer(job, "deferred")
         if job.attempts >= job.max_attempts and not self._lease_live(job):
             return self._exhaust(conn, job, delivery)
         # Running under another delivery's lease (or claimed by it an instant ago).
@@ -134,6 +147,7 @@ class Worker:
         started = self._clock()
         try:
             generation = self._model.generate(task, messages, timeout=timeout)
+            crash_point("after_model_call")
         except ModelUnavailable as error:
             return self._retry(job, delivery, error, self._since(started))
         except PermanentFailure as error:
@@ -158,20 +172,33 @@ class Worker:
     def _retry(
         self, job: Job, delivery: store.Delivery, error: ModelUnavailable, latency_ms: int
     ) -> PushAnswer:
-        """Back to `queued`, then a nack: Pub/Sub's backoff decides when to try again."""
+        """Back to `queued`, then a nack: Pub/Sub's backoff decides when to try again.
+
+        A rate limit that resets later than that backoff would only burn delivery attempts:
+        such a job is deferred until the reset (acked; the sweeper republishes it then).
+        """
+        defer = (
+            error.retry_after
+            if error.error_code == "rate_limited"
+            and error.retry_after > self._settings.retry_min_backoff_seconds
+            else None
+        )
         outcome = store.Outcome(
             Status.QUEUED,
             Event.RETRY,
             error_code=error.error_code,
             error_message=error.detail,
             latency_ms=latency_ms,
+            defer_seconds=defer,
         )
         written = self._write(job, delivery, outcome)
         if written is None:
             return _answer(job, "fenced")
-        log.warning(
-            "transient model error; job requeued: %s", error.error_code, extra=_extra(job, delivery)
-        )
+        extra = _extra(job, delivery)
+        if defer is not None:
+            log.warning("model rate limit; job deferred %.0fs", defer, extra=extra)
+            return _answer(written, "deferred")
+        log.warning("transient model error; job requeued: %s", error.error_code, extra=extra)
         return error_answer(error)
 
     def _finish(self, job: Job, delivery: store.Delivery, outcome: store.Outcome) -> PushAnswer:
@@ -179,6 +206,7 @@ class Worker:
         written = self._write(job, delivery, outcome)
         if written is None:
             return _answer(job, "fenced")
+        crash_point("after_commit")
         extra = {**_extra(job, delivery), "error_code": outcome.error_code}
         if outcome.status is Status.SUCCEEDED:
             log.info("job succeeded", extra={**extra, "latency_ms": outcome.latency_ms})

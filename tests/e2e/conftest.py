@@ -1,23 +1,22 @@
-"""A private local stack (emulator, stub model, api, worker, dead_letter) on free ports."""
+"""A private local stack (emulator, stub model, the four functions, scheduler) on free ports."""
 
 from __future__ import annotations
 
 import dataclasses
-import hashlib
 import time
 import uuid
 from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import httpx
-import jwt
 import pytest
-from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
 
-from devstack.dev import Ports, StackConfig, build_services
+from devstack.dev import Ports, StackConfig, build_services, start_scheduler
+from devstack.signing import google_id_token, load_or_create_key
 from devstack.supervisor import Supervisor, free_port
 from genjobs.auth.minting import mint_user_token
 from genjobs.settings import LOCAL_JWT_SECRET, LOCAL_PUSH_SERVICE_ACCOUNT, LOCAL_SUPABASE_URL
@@ -29,29 +28,18 @@ TERMINAL = {"succeeded", "failed", "cancelled"}
 class Stack:
     """A running stack and clients for it."""
 
-    ports: Ports
+    config: StackConfig
     supervisor: Supervisor
     logs: Path
     push_key: rsa.RSAPrivateKey
 
+    @property
+    def ports(self) -> Ports:
+        return self.config.ports
+
     def push_token(self, audience: str, email: str = LOCAL_PUSH_SERVICE_ACCOUNT) -> str:
         """A push token signed with the emulator's key, as Pub/Sub would send it."""
-        now = int(time.time())
-        claims = {
-            "iss": "https://accounts.google.com",
-            "aud": audience,
-            "email": email,
-            "email_verified": True,
-            "sub": "1" * 21,
-            "iat": now,
-            "exp": now + 600,
-        }
-        # The emulator names its key by the SHA-1 of the public key, as its JWKS shows.
-        public_der = self.push_key.public_key().public_bytes(
-            serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo
-        )
-        kid = hashlib.sha1(public_der, usedforsecurity=False).hexdigest()
-        return jwt.encode(claims, self.push_key, algorithm="RS256", headers={"kid": kid})
+        return google_id_token(self.push_key, audience=audience, email=email)
 
     @property
     def worker_url(self) -> str:
@@ -112,45 +100,41 @@ class Stack:
         raise AssertionError(f"job {job_id} did not get there in {timeout}s: {job}")
 
 
+def free_ports() -> Ports:
+    """Every local port on a free one, so tests can run beside `make run`."""
+    return Ports(**{f.name: free_port() for f in dataclasses.fields(Ports)})
+
+
+@contextmanager
+def running_stack(config: StackConfig, logs: Path) -> Iterator[Stack]:
+    """Start every process and the local scheduler; stop them all afterwards."""
+    key = load_or_create_key(config.signing_key)
+    supervisor = Supervisor(build_services(config), output_dir=logs)
+    supervisor.start()
+    scheduler = start_scheduler(config)
+    try:
+        yield Stack(config, supervisor, logs, key)
+    finally:
+        scheduler.stop()
+        supervisor.stop()
+
+
 @pytest.fixture(scope="session")
 def stack(app_database_url: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
     """Start the stack once per database variant; its processes' output lands in files."""
-    ports = Ports(
-        api=free_port(),
-        worker=free_port(),
-        dead_letter=free_port(),
-        sweeper=free_port(),
-        pubsub=free_port(),
-        pubsub_http=free_port(),
-        stub_model=free_port(),
-    )
+    logs = tmp_path_factory.mktemp("stack-logs")
     config = StackConfig(
         database_url=app_database_url,
-        ports=ports,
+        signing_key=logs / "push-signing-key.pem",
+        ports=free_ports(),
         # Pub/Sub's 10 s..600 s backoff, scaled down so retries and dead-lettering take seconds.
         emulator_flags=("--backoff-scale", "0.01"),
-        env={"LOG_LEVEL": "INFO", "DB_POOL_SIZE": "5"},
+        env={"LOG_LEVEL": "INFO", "DB_POOL_SIZE": "5", "SWEEP_PUBLISH_GRACE_SECONDS": "2"},
         worker_threads=32,
+        sweep_interval=0.5,
     )
-    logs = tmp_path_factory.mktemp("stack-logs")
-    push_key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
-    key_file = logs / "push-signing-key.pem"
-    key_file.write_bytes(
-        push_key.private_bytes(
-            serialization.Encoding.PEM,
-            serialization.PrivateFormat.PKCS8,
-            serialization.NoEncryption(),
-        )
-    )
-    config = dataclasses.replace(
-        config, emulator_flags=(*config.emulator_flags, "--signing-key", str(key_file))
-    )
-    supervisor = Supervisor(build_services(config), output_dir=logs)
-    supervisor.start()
-    try:
-        yield Stack(ports, supervisor, logs, push_key)
-    finally:
-        supervisor.stop()
+    with running_stack(config, logs) as running:
+        yield running
 
 
 @pytest.fixture(autouse=True)

@@ -41,7 +41,7 @@ def test_insert_claim_succeed_writes_one_log_row_per_event(clean_db: Database) -
     assert job is not None and job.status is Status.QUEUED
     with clean_db.transaction() as conn:
         store.mark_published(conn, job.id, "m-1")
-        store.mark_published(conn, job.id, "m-2")  # second publish is not logged again
+        store.mark_published(conn, job.id, "m-2")  # a republish (sweeper) is an event too
     delivery = store.Delivery("m-1", 1)
     with clean_db.transaction() as conn:
         claim = store.claim_job(conn, job.id, 60, delivery)
@@ -64,7 +64,7 @@ def test_insert_claim_succeed_writes_one_log_row_per_event(clean_db: Database) -
     with clean_db.transaction() as conn:
         late = store.finish_attempt(conn, claim.job, outcome, delivery)
     assert late is None
-    assert events(clean_db, job.id) == ["queued", "published", "started", "succeeded"]
+    assert events(clean_db, job.id) == ["queued", "published", "published", "started", "succeeded"]
 
 
 def test_idempotency_key_conflict_returns_none_and_usage_sees_existing(clean_db: Database) -> None:
