@@ -3,6 +3,9 @@ PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
+# checkov pins packaging<24, which pytest 9 cannot share: it gets a venv of its own.
+CHECKOV_VENV := .venv-checkov
+CHECKOV_STAMP := $(CHECKOV_VENV)/.installed
 
 .PHONY: run test token lint typecheck unit migrate bench clean
 
@@ -13,10 +16,16 @@ $(STAMP): requirements.txt requirements-dev.txt pyproject.toml
 	$(BIN)/python -m pip install --quiet --no-deps -e .
 	touch $@
 
+$(CHECKOV_STAMP): requirements-checkov.txt
+	$(PYTHON) -m venv $(CHECKOV_VENV)
+	$(CHECKOV_VENV)/bin/python -m pip install --quiet --upgrade pip
+	$(CHECKOV_VENV)/bin/python -m pip install --quiet -r requirements-checkov.txt
+	touch $@
+
 run: $(STAMP) ## api, worker, dead_letter, Pub/Sub emulator, stub model, embedded Postgres
 	$(BIN)/genjobs dev
 
-test: lint typecheck ## ruff, mypy, then every test
+test: lint typecheck $(CHECKOV_STAMP) ## ruff, mypy, then every test (checkov over infra/ included)
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
 
 token: $(STAMP) ## print an access token for the demo user
@@ -36,4 +45,4 @@ unit: $(STAMP) ## the fast tests only
 	$(BIN)/python -m pytest tests/unit -q
 
 clean:
-	rm -rf $(VENV) .local .mypy_cache .ruff_cache .pytest_cache
+	rm -rf $(VENV) $(CHECKOV_VENV) .local .mypy_cache .ruff_cache .pytest_cache

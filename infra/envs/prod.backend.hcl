@@ -1,0 +1,3 @@
+# Remote state of prod. The bucket is given with -backend-config=bucket=<project-id>-tfstate
+# (Cloud Build: _STATE_BUCKET); see README.md.
+prefix = "genjobs/prod"
