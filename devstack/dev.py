@@ -60,6 +60,7 @@ class StackConfig:
     ports: Ports = field(default_factory=Ports)
     openai_api_key: str | None = None
     emulator_flags: tuple[str, ...] = ()
+    stub_flags: tuple[str, ...] = ()
     # Settings for every function (e.g. shorter sweeper thresholds in tests).
     env: Mapping[str, str] = field(default_factory=dict)
     worker_env: Mapping[str, str] = field(default_factory=dict)
@@ -107,7 +108,10 @@ def build_services(config: StackConfig) -> list[Service]:
     ]
     services = [Service("pubsub-emulator", emulator_argv, p.pubsub, env=common)]
     if not config.openai_api_key:
-        stub_argv = [sys.executable, "-m", "devstack.stub_model", "--port", str(p.stub_model)]
+        stub_argv = [
+            *(sys.executable, "-m", "devstack.stub_model", "--port", str(p.stub_model)),
+            *config.stub_flags,
+        ]
         services.append(Service("stub-model", stub_argv, p.stub_model))
     worker_env = {
         **common,

@@ -8,6 +8,7 @@ import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
@@ -135,6 +136,16 @@ class Supervisor:
                 service.next_start = 0.0
                 self._spawn(service)
 
+    def watch(self, interval: float = 0.25) -> None:
+        """Restart dead services from a background thread until `stop()` (fault tests)."""
+
+        def loop() -> None:
+            while not self._stopping:
+                self.check()
+                time.sleep(interval)
+
+        threading.Thread(target=loop, name="supervisor-watch", daemon=True).start()
+
     def run_forever(self) -> None:
         """Supervise until SIGINT/SIGTERM, then stop everything."""
         signal.signal(signal.SIGTERM, lambda *_: (_ for _ in ()).throw(KeyboardInterrupt()))
@@ -191,5 +202,9 @@ class Supervisor:
 
 
 def _signal_group(process: subprocess.Popen[bytes], sig: int) -> None:
+    # Once the leader is reaped its pid may belong to someone else (a Postgres postmaster is
+    # its own group leader too): only signal a group whose leader is still ours.
+    if process.poll() is not None:
+        return
     with contextlib.suppress(ProcessLookupError):
         os.killpg(process.pid, sig)

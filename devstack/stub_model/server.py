@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import dataclasses
 import json
 import logging
 import os
+import random
 import select
 import signal
 import socket
@@ -63,11 +65,40 @@ class StubCall(TypedDict):
 # ---------------------------------------------------------------- state and server
 
 
+class Chaos:
+    """Random failures for every call (the fault suite): fractions of 429, 500 and hangs."""
+
+    def __init__(self, spec: str, seed: int | None = None) -> None:
+        self.rates: dict[str, float] = {}
+        for part in filter(None, (p.strip() for p in spec.split(","))):
+            name, _, value = part.partition("=")
+            if name not in {"429", "500", "hang"} or not 0 <= float(value) <= 1:
+                raise ValueError(f"chaos entries are 429=F, 500=F or hang=F, not {part!r}")
+            self.rates[name] = float(value)
+        if sum(self.rates.values()) > 1:
+            raise ValueError("chaos fractions add up to more than 1")
+        self._random = random.Random(seed)  # noqa: S311 (fault injection, not security)
+        self._lock = threading.Lock()
+
+    def draw(self) -> str | None:
+        """Which failure this call gets, if any."""
+        with self._lock:
+            roll = self._random.random()
+        for name, rate in self.rates.items():
+            if roll < rate:
+                return name
+            roll -= rate
+        return None
+
+
 class _State:
     """Recorded calls and stub:fail counters, shared by all handler threads."""
 
-    def __init__(self, hang_seconds: float, models: Sequence[str]) -> None:
+    def __init__(
+        self, hang_seconds: float, models: Sequence[str], chaos: Chaos | None = None
+    ) -> None:
         self.hang_seconds = hang_seconds
+        self.chaos = chaos
         self.models = tuple(models)
         self.stopping = threading.Event()
         self._lock = threading.Lock()
@@ -298,6 +329,14 @@ class _Handler(BaseHTTPRequestHandler):
         request = parse_chat_request(body)
         directives = Directives.parse(request.prompt)
         state = self._server.state
+        drawn = state.chaos.draw() if state.chaos else None
+        if drawn is not None:
+            directives = dataclasses.replace(
+                directives,
+                hang=directives.hang or drawn == "hang",
+                rate_limit=directives.rate_limit or drawn == "429",
+                server_error=directives.server_error or drawn == "500",
+            )
         call = state.record(request)
         # Counted on arrival so concurrent retries see a consistent order.
         failure = self._scripted_failure(request, directives)
@@ -420,10 +459,11 @@ class StubModelServer:
         *,
         hang_seconds: float = DEFAULT_HANG_SECONDS,
         models: Sequence[str] = DEFAULT_MODELS,
+        chaos: Chaos | None = None,
     ) -> None:
         self._host = host
         self._port = port
-        self._state = _State(hang_seconds, models)
+        self._state = _State(hang_seconds, models, chaos)
         self._server: _Server | None = None
         self._thread: threading.Thread | None = None
 
@@ -515,6 +555,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         default=DEFAULT_HANG_SECONDS,
         help="how long stub:hang holds a request",
     )
+    parser.add_argument(
+        "--chaos",
+        default=os.environ.get("STUB_MODEL_CHAOS", ""),
+        metavar="429=F,500=F,hang=F",
+        help="fail these fractions of all calls at random (env STUB_MODEL_CHAOS)",
+    )
+    parser.add_argument("--seed", type=int, default=None, help="seed for --chaos")
     parser.add_argument("--quiet", action="store_true", help="no access log")
     args = parser.parse_args(argv)
     logging.basicConfig(
@@ -529,7 +576,11 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     signal.signal(signal.SIGINT, on_signal)
     signal.signal(signal.SIGTERM, on_signal)
-    server = StubModelServer(args.host, args.port, hang_seconds=args.hang_seconds)
+    try:
+        chaos = Chaos(args.chaos, args.seed) if args.chaos else None
+    except ValueError as exc:
+        parser.error(str(exc))
+    server = StubModelServer(args.host, args.port, hang_seconds=args.hang_seconds, chaos=chaos)
     try:
         server.start()
     except OSError as exc:

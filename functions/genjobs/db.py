@@ -39,6 +39,9 @@ class Database:
             if is_unavailable(error):
                 raise DatabaseUnavailable("the database is unavailable; retry shortly") from error
             raise
+        except (sa_exc.TimeoutError, OSError) as error:
+            # Pool exhausted, or pg8000's raw socket errors while the server goes away.
+            raise DatabaseUnavailable("the database is unavailable; retry shortly") from error
 
     def dispose(self) -> None:
         """Close pooled connections (tests, shutdown)."""
@@ -69,13 +72,13 @@ def create_database(settings: Settings) -> Database:
     }
     if settings.database_url is not None:
         url, connect_args = pg8000_url(settings.database_url.reveal())
-        options["connect_args"] = connect_args
+        options["connect_args"] = {**connect_args, "timeout": settings.db_socket_timeout_seconds}
     elif settings.cloud_sql_instance:
         url = "postgresql+pg8000://"
         options["creator"] = _cloud_sql_creator(settings)
     elif settings.is_local:
         url, connect_args = pg8000_url(embedded_database_url(settings.embedded_pg_dir))
-        options["connect_args"] = connect_args
+        options["connect_args"] = {**connect_args, "timeout": settings.db_socket_timeout_seconds}
     else:
         raise ConfigurationError("no database configured: set DATABASE_URL or CLOUD_SQL_INSTANCE")
     return Database(create_engine(url, **options))

@@ -48,8 +48,9 @@ class DeadLetterHandler:
                 delivery=delivery,
             )
         if failed is None:
-            log.info("job finished while its dead letter arrived; job untouched", extra=extra)
-            return _answer(job, "already_finished")
+            # Finished meanwhile, or an attempt holds a live lease: that attempt decides.
+            log.info("job finished or running; dead letter acked, job untouched", extra=extra)
+            return _answer(job, "not_failed")
         log.error("job dead-lettered and marked failed", extra={**extra, "attempt": job.attempts})
         return _answer(failed, "dead_lettered")
 

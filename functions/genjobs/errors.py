@@ -214,13 +214,6 @@ class ModelUnavailable(RetryLater):
         self.error_code = error_code or self.code
 
 
-class LeaseHeld(RetryLater):
-    """Another delivery holds the job's lease; try again when it expires."""
-
-    code = "lease_held"
-    title = "Job is running elsewhere"
-
-
 # --- The job cannot succeed: record and stop --------------------------------------------
 
 

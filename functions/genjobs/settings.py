@@ -38,6 +38,8 @@ class Settings:
     db_iam_auth: bool = False
     db_pool_size: int = 5
     db_pool_timeout_seconds: float = 5.0
+    # A statement or connect that hangs this long (server gone, pooler waiting) fails fast.
+    db_socket_timeout_seconds: float = 10.0
     embedded_pg_dir: str = ".local/pgdata"
 
     # Pub/Sub.
@@ -184,6 +186,11 @@ _PLAIN: dict[str, tuple[str, Callable[[str], object], str]] = {
     "DB_IAM_AUTH": ("db_iam_auth", _bool, "a boolean"),
     "DB_POOL_SIZE": ("db_pool_size", _positive_int, "a positive integer"),
     "DB_POOL_TIMEOUT_SECONDS": ("db_pool_timeout_seconds", _positive_float, "a positive number"),
+    "DB_SOCKET_TIMEOUT_SECONDS": (
+        "db_socket_timeout_seconds",
+        _positive_float,
+        "a positive number",
+    ),
     "EMBEDDED_PG_DIR": ("embedded_pg_dir", str, "a folder"),
     "GOOGLE_CLOUD_PROJECT": ("google_cloud_project", str, "a project id"),
     "JOBS_TOPIC": ("jobs_topic", str, "a topic name"),

@@ -388,6 +388,7 @@ _FAIL_UNFINISHED = _sql(
           error = jsonb_build_object('code', CAST(:error_code AS text),
                                      'message', CAST(:error_message AS text))
       WHERE id = :id AND ai_status IN ('queued', 'processing')
+        AND (lease_expires_at IS NULL OR lease_expires_at < now())
       RETURNING *
     ), log AS (
       INSERT INTO generation_logs ({LOG_COLUMNS})
@@ -409,7 +410,7 @@ def fail_unfinished(
     error_message: str,
     delivery: Delivery,
 ) -> Job | None:
-    """Fail a job whatever attempt holds it (dead letter, spent attempts); None if it ended."""
+    """Fail an unfinished job no attempt is running (dead letter, spent attempts); else None."""
     row = (
         conn.execute(
             _FAIL_UNFINISHED,

@@ -14,7 +14,7 @@ from sqlalchemy import Connection
 from genjobs import store
 from genjobs.crashpoints import crash_point
 from genjobs.db import Database
-from genjobs.errors import LeaseHeld, ModelUnavailable, PermanentFailure
+from genjobs.errors import ModelUnavailable, PermanentFailure
 from genjobs.jobs import Job
 from genjobs.model_client import InvalidAnswer, RefusedAnswer, SupportsGenerate, Usage
 from genjobs.push import PushAnswer, PushMessage, ServiceVerifier, answer_push, error_answer
@@ -23,10 +23,6 @@ from genjobs.statuses import Event, Status
 from genjobs.tasks.base import Message, Task
 
 log = logging.getLogger(__name__)
-
-# A duplicate delivery while another one holds the lease. Any non-2xx is a nack to Pub/Sub;
-# 409 says "the job's state conflicts" and keeps 5xx (what alerts watch) for real faults.
-LEASE_HELD_STATUS = 409
 
 
 def _utc_now() -> datetime:
@@ -97,12 +93,12 @@ class Worker:
             return _answer(job, "deferred")
         if job.attempts >= job.max_attempts and not self._lease_live(job):
             return self._exhaust(conn, job, delivery)
-        # Running under another delivery's lease (or claimed by it an instant ago).
-        log.info("job is leased by another delivery; push nacked", extra=extra)
-        held = LeaseHeld(
-            "the job is running under another delivery's lease", retry_after=self._lease_left(job)
-        )
-        return error_answer(held, status=LEASE_HELD_STATUS)
+        # Running under another delivery's live lease. Acked, not nacked: every nack spends
+        # one of Pub/Sub's delivery attempts, and a crashed worker holds its lease longer
+        # than the remaining attempts last. If that attempt dies, the sweeper requeues the
+        # job once the lease expires and publishes it again.
+        log.info("job is running under another delivery's lease; duplicate acked", extra=extra)
+        return _answer(job, "running_elsewhere")
 
     def _lease_live(self, job: Job) -> bool:
         return job.status is Status.PROCESSING and self._lease_left(job) > 0

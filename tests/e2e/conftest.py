@@ -142,8 +142,14 @@ def _show_stack_logs_on_failure(request: pytest.FixtureRequest) -> Iterator[None
     """Print the processes' recent output when a test here fails."""
     yield
     report = getattr(request.node, "rep_call", None)
-    if report is not None and report.failed and "stack" in request.fixturenames:
-        stack: Stack = request.getfixturevalue("stack")
+    if report is None or not report.failed:
+        return
+    for name in request.fixturenames:
+        if not name.endswith("stack"):
+            continue
+        stack = request.getfixturevalue(name)
+        if not isinstance(stack, Stack):
+            continue
         for log in sorted(stack.logs.glob("*.log")):
             print(f"----- {log.name} (last 40 lines) -----")
             print("\n".join(log.read_text(errors="replace").splitlines()[-40:]))

@@ -1,0 +1,139 @@
+"""Each failure on its own: killed worker, lost ack, Postgres restart, publish that never was."""
+
+from __future__ import annotations
+
+import time
+import uuid
+from pathlib import Path
+from typing import Any
+
+import httpx
+from sqlalchemy import text
+
+from devstack.supervisor import Supervisor, free_port, function_service
+from tests.e2e.conftest import Stack
+from tests.faults.conftest import FaultDatabase
+
+
+def submit(
+    stack: Stack, prompt: str, client: httpx.Client | None = None
+) -> tuple[httpx.Client, str, str]:
+    """Submit a job whose text is `prompt` plus a unique marker; returns client, id, marker."""
+    marker = uuid.uuid4().hex
+    client = client or stack.client()
+    response = client.post(
+        "/v1/generations", json={"task": "summarize", "input": {"text": f"{prompt} {marker}"}}
+    )
+    assert response.status_code == 202, response.text
+    return client, response.json()["id"], marker
+
+
+def event_counts(database: FaultDatabase, job_id: str) -> dict[str, int]:
+    with database.db.transaction() as conn:
+        rows = conn.execute(
+            text(
+                "SELECT event, count(*) AS n FROM generation_logs "
+                "WHERE generation_id = :id GROUP BY event"
+            ),
+            {"id": uuid.UUID(job_id)},
+        )
+        return {r.event: r.n for r in rows}
+
+
+def test_worker_killed_between_model_call_and_commit(
+    fault_stack: Stack, fault_database: FaultDatabase, crash_dir: Path
+) -> None:
+    (crash_dir / "after_model_call").touch()
+    client, job_id, marker = submit(fault_stack, "stub:sleep=0.2")
+    # The first attempt's answer dies with the worker; after its lease (9 s) a redelivery
+    # takes the job over with attempt 2.
+    job = fault_stack.wait_for(client, job_id, timeout=60)
+    assert not (crash_dir / "after_model_call").exists(), "the crash point was never reached"
+    assert job["status"] == "succeeded" and job["attempts"] == 2, job
+    assert len(fault_stack.model_calls(marker)) == 2
+    counts = event_counts(fault_database, job_id)
+    assert counts["started"] == 2 and counts["succeeded"] == 1
+
+
+def test_worker_killed_between_commit_and_ack(
+    fault_stack: Stack, fault_database: FaultDatabase, crash_dir: Path
+) -> None:
+    (crash_dir / "after_commit").touch()
+    client, job_id, marker = submit(fault_stack, "commit then die")
+    job = fault_stack.wait_for(client, job_id, timeout=60)
+    assert job["status"] == "succeeded" and job["attempts"] == 1, job
+    # Pub/Sub never got the 2xx, so it delivers again; that delivery finds the job done.
+    line = fault_stack.wait_for_log("worker", "duplicate or late delivery", timeout=60)
+    assert job_id in line
+    assert not (crash_dir / "after_commit").exists()
+    assert len(fault_stack.model_calls(marker)) == 1
+    assert event_counts(fault_database, job_id)["succeeded"] == 1
+
+
+def test_postgres_restart_gives_503_then_recovers_and_drains(
+    fault_stack: Stack, fault_database: FaultDatabase
+) -> None:
+    client = fault_stack.client()
+    before = [submit(fault_stack, "stub:sleep=1", client)[1] for _ in range(3)]
+    fault_database.postgres.stop()
+    try:
+        refused = client.post(
+            "/v1/generations", json={"task": "summarize", "input": {"text": "during outage"}}
+        )
+        health = httpx.get(f"{fault_stack.api_url}/healthz", timeout=30)
+    finally:
+        fault_database.postgres.start()
+    assert refused.status_code == 503, refused.text
+    assert refused.headers["content-type"] == "application/problem+json"
+    assert int(refused.headers["Retry-After"]) >= 1
+    assert health.status_code == 503
+    after = [submit_when_healthy(fault_stack, client) for _ in range(3)]
+    for job_id in before + after:
+        job = fault_stack.wait_for(client, job_id, timeout=90)
+        assert job["status"] == "succeeded", job
+
+
+def submit_when_healthy(stack: Stack, client: httpx.Client, timeout: float = 30) -> str:
+    """Submit as a client would after an outage: retry while the api answers 503."""
+    deadline = time.monotonic() + timeout
+    while True:
+        response = client.post(
+            "/v1/generations", json={"task": "summarize", "input": {"text": "after outage"}}
+        )
+        if response.status_code == 202:
+            return str(response.json()["id"])
+        assert response.status_code == 503 and time.monotonic() < deadline, response.text
+        time.sleep(0.2)
+
+
+def test_publish_failure_still_accepts_and_the_sweeper_publishes(
+    fault_stack: Stack, fault_database: FaultDatabase, tmp_path: Path
+) -> None:
+    # An api instance whose Pub/Sub is unreachable, on the same database as the stack.
+    port = free_port()
+    env = {
+        "GENJOBS_ENV": "local",
+        "DATABASE_URL": fault_database.app_url,
+        "PUBSUB_EMULATOR_HOST": f"127.0.0.1:{free_port()}",
+        "PUBLISH_TIMEOUT_SECONDS": "1",
+    }
+    api = Supervisor(
+        [function_service("api", port, env, name="api-no-pubsub")], output_dir=tmp_path
+    )
+    api.start()
+    try:
+        client = fault_stack.client()
+        client.base_url = httpx.URL(f"http://127.0.0.1:{port}")
+        response = client.post(
+            "/v1/generations", json={"task": "summarize", "input": {"text": "publish fails"}}
+        )
+    finally:
+        api.stop()
+    assert response.status_code == 202, response.text
+    job_id = response.json()["id"]
+    api_log = (tmp_path / "api-no-pubsub.log").read_text()
+    assert "publish failed; the sweeper will publish this job" in api_log
+    client.base_url = httpx.URL(fault_stack.api_url)
+    job: dict[str, Any] = fault_stack.wait_for(client, job_id, timeout=60)
+    assert job["status"] == "succeeded"
+    assert event_counts(fault_database, job_id)["published"] == 1
