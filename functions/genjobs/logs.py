@@ -4,11 +4,16 @@ from __future__ import annotations
 
 import json
 import logging
+import secrets
 import sys
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
+from contextvars import ContextVar
 from datetime import UTC, datetime
+from types import MappingProxyType
 from typing import Any
 
-# Fields callers pass through `extra=` that belong in the JSON line.
+# Fields callers pass through `extra=` (or `log_context`) that belong in the JSON line.
 _EXTRA_FIELDS = (
     "job_id",
     "task",
@@ -22,6 +27,33 @@ _EXTRA_FIELDS = (
     "latency_ms",
 )
 TRACE_KEY = "logging.googleapis.com/trace"
+
+_NOTHING: Mapping[str, Any] = MappingProxyType({})
+# What the current request or push delivery is about; read by the formatter for every line,
+# so code deep inside a request needs no `extra=` to be found by its trace id or job id.
+_CONTEXT: ContextVar[Mapping[str, Any]] = ContextVar("genjobs_log_context", default=_NOTHING)
+
+
+@contextmanager
+def log_context(**fields: Any) -> Iterator[None]:
+    """Add fields (trace_id, job_id, task, attempt, …) to every log line inside the block."""
+    given = {key: value for key, value in fields.items() if value is not None}
+    token = _CONTEXT.set({**_CONTEXT.get(), **given})
+    try:
+        yield
+    finally:
+        _CONTEXT.reset(token)
+
+
+def current_log_context() -> Mapping[str, Any]:
+    """The fields `log_context` has set for this thread or task."""
+    return _CONTEXT.get()
+
+
+def current_trace_id() -> str | None:
+    """The trace id `log_context` has set, if any."""
+    trace = _CONTEXT.get().get("trace_id")
+    return str(trace) if trace else None
 
 
 class CloudJsonFormatter(logging.Formatter):
@@ -38,16 +70,24 @@ class CloudJsonFormatter(logging.Formatter):
             "time": datetime.fromtimestamp(record.created, UTC).isoformat(),
             "logger": record.name,
         }
+        context = _CONTEXT.get()
         for field in _EXTRA_FIELDS:
+            # A value passed with `extra=` is more specific than the request's context.
             value = getattr(record, field, None)
+            if value is None:
+                value = context.get(field)
             if value is not None:
                 entry[field] = str(value)
-        trace = getattr(record, "trace_id", None)
+        trace = getattr(record, "trace_id", None) or context.get("trace_id")
         if trace:
-            entry[TRACE_KEY] = f"projects/{self.project}/traces/{trace}" if self.project else trace
+            entry[TRACE_KEY] = self.trace_name(str(trace))
         if record.exc_info:
             entry["stack_trace"] = self.formatException(record.exc_info)
         return json.dumps(entry, ensure_ascii=False)
+
+    def trace_name(self, trace_id: str) -> str:
+        """The full trace resource name Cloud Logging links to Cloud Trace."""
+        return f"projects/{self.project}/traces/{trace_id}" if self.project else trace_id
 
 
 def configure_logging(level: str = "INFO", project: str | None = None) -> None:
@@ -68,16 +108,25 @@ def trace_id_from_headers(headers: Any) -> str | None:
     """The trace id from X-Cloud-Trace-Context (`TRACE/SPAN;o=1`) or W3C traceparent."""
     cloud = headers.get("X-Cloud-Trace-Context")
     if cloud:
-        trace = cloud.split("/", 1)[0].strip()
+        trace = cloud.split("/", 1)[0].split(";", 1)[0].strip()
         if _is_hex(trace, 32):
-            return str(trace)
+            return str(trace).lower()
     parent = headers.get("traceparent")
     if parent:
         parts = parent.split("-")
         if len(parts) >= 4 and _is_hex(parts[1], 32):
-            return str(parts[1])
+            return str(parts[1]).lower()
     return None
 
 
+def new_trace_id() -> str:
+    """A fresh 32-hex-digit trace id, for requests that arrive without one (local runs)."""
+    return secrets.token_hex(16)
+
+
 def _is_hex(value: str, length: int) -> bool:
-    return len(value) == length and all(c in "0123456789abcdefABCDEF" for c in value)
+    return (
+        len(value) == length
+        and all(c in "0123456789abcdefABCDEF" for c in value)
+        and value.strip("0") != ""  # all zeros is W3C's "invalid trace id"
+    )

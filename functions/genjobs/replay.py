@@ -1,0 +1,267 @@
+"""Replaying a failed job: back to `queued` with a renewed budget, logged, then republished."""
+
+from __future__ import annotations
+
+import logging
+import threading
+import uuid
+from collections import Counter
+from dataclasses import dataclass, field
+from datetime import datetime
+from enum import StrEnum
+from typing import Any
+
+from sqlalchemy import Connection, RowMapping, text
+
+from genjobs import store
+from genjobs.db import Database
+from genjobs.jobs import Job
+from genjobs.publisher import JobPublisher
+from genjobs.statuses import Status
+
+log = logging.getLogger(__name__)
+
+# Attempts a replayed job gets, as many as a new submission (api.submit.DEFAULT_MAX_ATTEMPTS).
+DEFAULT_ATTEMPT_BUDGET = 5
+
+# A replay at or after `since` makes another one redundant: the run (or the dead-letter
+# message) that asks for it is older than the replay that already happened.
+_REPLAYED_SINCE = """EXISTS (
+      SELECT 1 FROM generation_logs l
+      WHERE l.generation_id = g.id AND l.event = 'replayed' AND l.created_at >= :since)"""
+
+# Attempts are kept (they are the fencing numbers and must only grow); the budget is renewed
+# on top of them. FOR UPDATE makes concurrent replays queue here and re-check `failed`.
+_REPLAY = text(
+    f"""
+    WITH target AS (
+      SELECT g.id, g.error FROM generations g
+      WHERE g.id = :id AND g.ai_status = 'failed' AND NOT {_REPLAYED_SINCE}
+      FOR UPDATE
+    ), job AS (
+      UPDATE generations g
+      SET ai_status = 'queued', max_attempts = g.attempts + :budget, error = NULL,
+          finished_at = NULL, lease_expires_at = NULL, published_at = NULL, not_before = NULL,
+          updated_at = now()
+      FROM target
+      WHERE g.id = target.id AND g.ai_status = 'failed'
+      RETURNING g.*, target.error AS previous_error
+    ), log AS (
+      INSERT INTO generation_logs ({store.LOG_COLUMNS})
+      SELECT id, user_id, 'replayed', 'queued', attempts, :message_id, NULL,
+             NULL, NULL, NULL, NULL, previous_error ->> 'code',
+             left(:source || '; previous error: ' || coalesce(previous_error ->> 'code', 'none')
+                  || ': ' || coalesce(previous_error ->> 'message', ''), 2000)
+      FROM job
+    )
+    SELECT true AS replayed, false AS replayed_since, * FROM job
+    UNION ALL
+    SELECT false, {_REPLAYED_SINCE}, g.*, g.error FROM generations g
+    WHERE g.id = :id AND NOT EXISTS (SELECT 1 FROM job)
+    """  # noqa: S608 (assembled from module constants; values are bound parameters)
+)
+
+_PREVIEW = text(
+    f"""
+    SELECT false AS replayed, {_REPLAYED_SINCE} AS replayed_since, g.*, g.error AS previous_error
+    FROM generations g WHERE g.id = :id
+    """  # noqa: S608
+)
+
+
+_REPLAYED_AFTER = text(
+    f"SELECT {_REPLAYED_SINCE} FROM generations g WHERE g.id = :id"  # noqa: S608
+)
+
+
+def replayed_since(conn: Connection, job_id: uuid.UUID, moment: datetime) -> bool:
+    """True if the job was replayed at or after `moment` (a message older than that is stale)."""
+    return bool(conn.execute(_REPLAYED_AFTER, {"id": job_id, "since": moment}).scalar())
+
+
+class Action(StrEnum):
+    """What a replay did with one job (or dead-letter message)."""
+
+    REPLAYED = "replayed"
+    WOULD_REPLAY = "would_replay"
+    SKIPPED = "skipped"
+    # Dead-letter mode: the job is not marked failed yet; its message stays for a later run.
+    DEFERRED = "deferred"
+    # Queued again but not republished: the sweeper publishes it.
+    PUBLISH_FAILED = "publish_failed"
+    ERROR = "error"
+
+
+@dataclass(frozen=True)
+class ReplayResult:
+    """The outcome for one job."""
+
+    job_id: uuid.UUID | None
+    action: Action
+    reason: str = ""
+    task: str | None = None
+    previous_error: str | None = None
+    message_id: str | None = None
+
+    @property
+    def settles_message(self) -> bool:
+        """True when its dead-letter message may be acked: the job needs nothing more from it."""
+        return self.action in {Action.REPLAYED, Action.PUBLISH_FAILED, Action.SKIPPED}
+
+    def as_dict(self) -> dict[str, Any]:
+        """JSON-friendly form."""
+        return {
+            "job_id": str(self.job_id) if self.job_id else None,
+            "action": self.action.value,
+            "reason": self.reason,
+            "task": self.task,
+            "previous_error": self.previous_error,
+            "message_id": self.message_id,
+        }
+
+
+@dataclass
+class Summary:
+    """What a replay run did; safe to add to from several threads."""
+
+    source: str
+    dry_run: bool = False
+    results: list[ReplayResult] = field(default_factory=list)
+    acked: int = 0
+    _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
+
+    def add(self, result: ReplayResult) -> None:
+        """Record one job's outcome."""
+        with self._lock:
+            self.results.append(result)
+
+    def count_acked(self, count: int) -> None:
+        """Record dead-letter messages acknowledged."""
+        with self._lock:
+            self.acked += count
+
+    def counts(self) -> Counter[Action]:
+        """Jobs per action."""
+        with self._lock:
+            return Counter(result.action for result in self.results)
+
+    def reasons(self, action: Action) -> Counter[str]:
+        """Why jobs got `action` (e.g. why they were skipped)."""
+        with self._lock:
+            return Counter(r.reason for r in self.results if r.action is action)
+
+    def as_dict(self) -> dict[str, Any]:
+        """JSON-friendly form, with every job's outcome."""
+        counts = self.counts()
+        return {
+            "source": self.source,
+            "dry_run": self.dry_run,
+            "counts": {action.value: counts.get(action, 0) for action in Action},
+            "skipped_reasons": dict(self.reasons(Action.SKIPPED)),
+            "acked": self.acked,
+            "jobs": [result.as_dict() for result in self.results],
+        }
+
+
+class Replayer:
+    """Replays one job at a time; safe to call from several threads and processes at once."""
+
+    def __init__(
+        self,
+        db: Database,
+        publisher: JobPublisher,
+        *,
+        budget: int = DEFAULT_ATTEMPT_BUDGET,
+        dry_run: bool = False,
+    ) -> None:
+        if budget <= 0:
+            raise ValueError("the attempt budget must be positive")
+        self._db = db
+        self._publisher = publisher
+        self._budget = budget
+        self._dry_run = dry_run
+
+    def replay(
+        self,
+        job_id: uuid.UUID,
+        *,
+        since: datetime,
+        source: str,
+        message_id: str | None = None,
+        defer_unfinished: bool = False,
+    ) -> ReplayResult:
+        """Queue the job again and publish it, unless it is not failed or was replayed `since`.
+
+        `defer_unfinished`: a job still queued or processing is waiting for the dead_letter
+        handler to mark it failed (DEFERRED), rather than having nothing to replay (SKIPPED).
+        """
+        try:
+            row = self._transition(job_id, since, source, message_id)
+        except Exception as error:
+            log.warning("replay failed", exc_info=True, extra={"job_id": str(job_id)})
+            return ReplayResult(job_id, Action.ERROR, f"{type(error).__name__}: {error}")
+        if row is None:
+            return ReplayResult(job_id, Action.SKIPPED, "unknown_job")
+        job = Job.from_row(row)
+        previous = _error_code(row["previous_error"])
+        if row["replayed"]:
+            return self._publish(job, previous)
+        if job.status is Status.FAILED and not row["replayed_since"]:
+            if self._dry_run:
+                return ReplayResult(job.id, Action.WOULD_REPLAY, "", job.task, previous)
+            # Lost the row lock to a concurrent replay: the statement's snapshot predates it.
+            return ReplayResult(job.id, Action.SKIPPED, "already_replayed", job.task, previous)
+        return _not_replayed(job, bool(row["replayed_since"]), defer_unfinished)
+
+    def _transition(
+        self, job_id: uuid.UUID, since: datetime, source: str, message_id: str | None
+    ) -> RowMapping | None:
+        params = {
+            "id": job_id,
+            "since": since,
+            "budget": self._budget,
+            "source": source,
+            "message_id": message_id,
+        }
+        with self._db.transaction() as conn:
+            statement = _PREVIEW if self._dry_run else _REPLAY
+            return conn.execute(statement, params).mappings().first()
+
+    def _publish(self, job: Job, previous: str | None) -> ReplayResult:
+        """Publish after the commit: a failure leaves the job queued for the sweeper."""
+        attributes = {"task": job.task}
+        if job.trace_id:
+            attributes["trace_id"] = job.trace_id
+        extra = {"job_id": str(job.id), "task": job.task, "attempt": job.attempts}
+        try:
+            message_id = self._publisher.publish(job.id, attributes)
+        except Exception as error:
+            log.warning("replayed job not published; the sweeper will publish it", extra=extra)
+            return ReplayResult(
+                job.id, Action.PUBLISH_FAILED, f"{type(error).__name__}", job.task, previous
+            )
+        try:
+            with self._db.transaction() as conn:
+                store.mark_published(conn, job.id, message_id)
+        except Exception:
+            # The message is out: a missing `published` row only risks one more publish later.
+            log.warning("could not record the publish of a replayed job", extra=extra)
+        log.info("job replayed", extra=extra)
+        return ReplayResult(job.id, Action.REPLAYED, "", job.task, previous, message_id)
+
+
+def _not_replayed(job: Job, replayed_since: bool, defer_unfinished: bool) -> ReplayResult:
+    """Why a job was left alone."""
+    if replayed_since:
+        reason, action = "already_replayed", Action.SKIPPED
+    elif job.status.is_terminal:
+        reason, action = job.status.value, Action.SKIPPED
+    elif defer_unfinished:
+        reason, action = "not_failed_yet", Action.DEFERRED
+    else:
+        reason, action = "not_failed", Action.SKIPPED
+    return ReplayResult(job.id, action, reason, job.task, _error_code(job.error))
+
+
+def _error_code(error: Any) -> str | None:
+    return str(error.get("code")) if isinstance(error, dict) and error.get("code") else None
