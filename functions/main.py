@@ -26,6 +26,15 @@ def _settings(role: Role) -> Settings:
 
     settings = load_settings(role)
     configure_logging(settings.log_level, settings.google_cloud_project)
+    if settings.sentry_dsn:
+        from genjobs.sentry import configure_sentry
+
+        configure_sentry(
+            settings.sentry_dsn,
+            environment=settings.environment,
+            role=role,
+            release=os.environ.get("K_REVISION"),
+        )
     return settings
 
 

@@ -13,6 +13,7 @@ from datetime import datetime
 from typing import Any, Protocol
 
 from genjobs.errors import DatabaseUnavailable, GenJobsError, PoisonMessage
+from genjobs.logs import log_context
 
 # Our messages carry only a job id; anything near this size was not published by us.
 MAX_BODY_BYTES = 64 * 1024
@@ -83,14 +84,21 @@ def answer_push(
     except GenJobsError as error:
         log.warning("push request refused: %s", error.detail, extra={"status": error.status})
         return error_answer(error)
-    try:
-        return process(message)
-    except DatabaseUnavailable as error:
-        log.warning("database unavailable; push nacked", extra=_ids(message))
-        return error_answer(error)
-    except Exception:
-        log.exception("unexpected error; push nacked", extra=_ids(message))
-        return PushAnswer(500, {"error": "internal", "detail": "unexpected error; will retry"})
+    # Every line logged while handling it carries the job id and the trace the api started.
+    with log_context(
+        trace_id=message.attributes.get("trace_id"),
+        job_id=str(message.job_id),
+        message_id=message.message_id,
+        delivery_attempt=message.delivery_attempt,
+    ):
+        try:
+            return process(message)
+        except DatabaseUnavailable as error:
+            log.warning("database unavailable; push nacked", extra=_ids(message))
+            return error_answer(error)
+        except Exception:
+            log.exception("unexpected error; push nacked", extra=_ids(message))
+            return PushAnswer(500, {"error": "internal", "detail": "unexpected error; will retry"})
 
 
 def error_answer(error: GenJobsError, status: int | None = None) -> PushAnswer:

@@ -28,6 +28,7 @@ class Settings:
 
     environment: Literal["local", "cloud"] = "local"
     log_level: str = "INFO"
+    sentry_dsn: str | None = None
 
     # Database: DATABASE_URL, else a Cloud SQL instance, else (local only) embedded Postgres.
     database_url: Secret | None = None
@@ -180,6 +181,7 @@ def _url(value: str) -> str:
 _PLAIN: dict[str, tuple[str, Callable[[str], object], str]] = {
     "GENJOBS_ENV": ("environment", _environment, "'local' or 'cloud'"),
     "LOG_LEVEL": ("log_level", str.upper, "a log level"),
+    "SENTRY_DSN": ("sentry_dsn", _url, "an http(s) URL"),
     "CLOUD_SQL_INSTANCE": ("cloud_sql_instance", str, "PROJECT:REGION:INSTANCE"),
     "DB_USER": ("db_user", str, "a user name"),
     "DB_NAME": ("db_name", str, "a database name"),

@@ -25,6 +25,11 @@ _EXPIRE_OLD = text(
       SELECT id FROM generations
       WHERE ai_status IN ('queued', 'processing')
         AND created_at < now() - make_interval(secs => :max_age)
+        -- A replayed job's age starts again at its replay (`genjobs replay`, days later).
+        AND NOT EXISTS (
+          SELECT 1 FROM generation_logs l
+          WHERE l.generation_id = generations.id AND l.event = 'replayed'
+            AND l.created_at >= now() - make_interval(secs => :max_age))
       ORDER BY created_at LIMIT :batch
       FOR UPDATE SKIP LOCKED
     ), failed AS (

@@ -30,8 +30,20 @@ class RestartablePostgres:
         self.socket_dir = parse_qs(urlsplit(self.url).query)["host"][0]
         self.system_user: str | None = self._server.system_user
 
+    def running(self) -> bool:
+        """True while a postmaster serves this data folder."""
+        try:
+            self._pg_ctl(["status"], pgdata=self.data_dir, user=self.system_user)
+        except subprocess.CalledProcessError:
+            return False
+        return True
+
     def stop(self) -> None:
         """Fast shutdown: open connections are cut, as in a real restart."""
+        if not self.running():
+            # Seen only with other test sessions on the same machine: say so, don't hide it.
+            print(f"[fault harness] the Postgres in {self.data_dir} was already down", flush=True)
+            return
         self._pg_ctl(["-w", "-m", "fast", "stop"], pgdata=self.data_dir, user=self.system_user)
 
     def start(self) -> None:
@@ -47,7 +59,9 @@ class RestartablePostgres:
         )
 
     def cleanup(self) -> None:
-        """Stop the server and delete its data."""
+        """Stop the server (pgserver only knows the first postmaster) and delete its data."""
+        if self.running():
+            self._pg_ctl(["-w", "-m", "fast", "stop"], pgdata=self.data_dir, user=self.system_user)
         self._server.cleanup()
 
 

@@ -116,14 +116,30 @@ def test_without_the_pubsub_count_the_job_attempts_are_reported(
     assert error["message"] == "gave up after 0 delivery attempts; last error: none recorded"
 
 
-def test_a_processing_job_is_failed_and_its_late_write_refused(
+def test_a_job_running_under_a_live_lease_is_left_to_its_attempt(
     handler: DeadLetterHandler, clean_db: Database
 ) -> None:
     job = insert(clean_db)
     with clean_db.transaction() as conn:
         claim = store.claim_job(conn, job.id, 60, store.Delivery("m-1", 5))
     assert claim.job is not None
-    assert handler.handle(TOKEN, dead_letter(job.id)).status == 200
+    answer = handler.handle(TOKEN, dead_letter(job.id))
+    assert answer.status == 200 and answer.body["outcome"] == "not_failed"
+    done = store.Outcome(Status.SUCCEEDED, Event.SUCCEEDED, result={"text": "in time"})
+    with clean_db.transaction() as conn:
+        assert store.finish_attempt(conn, claim.job, done, store.Delivery("m-1", 5)) is not None
+    assert reload(clean_db, job.id).status is Status.SUCCEEDED
+
+
+def test_a_job_whose_lease_expired_is_failed_and_its_late_write_refused(
+    handler: DeadLetterHandler, clean_db: Database
+) -> None:
+    job = insert(clean_db)
+    with clean_db.transaction() as conn:
+        claim = store.claim_job(conn, job.id, 60, store.Delivery("m-1", 5))
+        conn.execute(text("UPDATE generations SET lease_expires_at = now() - interval '1 second'"))
+    assert claim.job is not None
+    assert handler.handle(TOKEN, dead_letter(job.id)).body["outcome"] == "dead_lettered"
     late = store.Outcome(Status.SUCCEEDED, Event.SUCCEEDED, result={"text": "too late"})
     with clean_db.transaction() as conn:
         assert store.finish_attempt(conn, claim.job, late, store.Delivery("m-1", 5)) is None

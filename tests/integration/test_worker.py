@@ -18,7 +18,7 @@ from sqlalchemy import create_engine, text
 from devstack.stub_model import StubModelServer
 from genjobs import store
 from genjobs.db import Database
-from genjobs.errors import Unauthenticated
+from genjobs.errors import ModelUnavailable, Unauthenticated
 from genjobs.jobs import Job
 from genjobs.model_client import Generation, ModelClient, SupportsGenerate
 from genjobs.push import PushAnswer
@@ -279,12 +279,16 @@ def test_lease_expiry_takeover_fences_the_first_worker(
     assert len(stub.calls(prompt)) == 2
 
 
-def test_delivery_under_a_live_lease_is_nacked(worker: Worker, clean_db: Database) -> None:
+def test_delivery_under_a_live_lease_is_acked_without_a_model_call(
+    worker: Worker, clean_db: Database
+) -> None:
+    # A nack would spend one of Pub/Sub's delivery attempts; the sweeper recovers the job
+    # if the running attempt dies.
     job = insert(clean_db, unique("running elsewhere"))
     with clean_db.transaction() as conn:
         assert store.claim_job(conn, job.id, 60, store.Delivery("m-other", 1)).claimed
     answer = worker.handle(TOKEN, envelope(job.id))
-    assert answer.status == 409 and int(answer.headers["Retry-After"]) > 1
+    assert answer.status == 200 and answer.body["outcome"] == "running_elsewhere"
     assert events(clean_db, job.id) == ["queued", "started"]
 
 
@@ -432,3 +436,42 @@ def test_logs_carry_the_job_and_never_the_token(
         for r in records
     )
     assert all(TOKEN not in str(vars(r)) for r in caplog.records)
+
+
+class RateLimitedModel:
+    """The model answering 429 with a reset far beyond Pub/Sub's minimum backoff."""
+
+    def __init__(self, retry_after: float) -> None:
+        self.retry_after = retry_after
+        self.calls = 0
+
+    def generate(self, task: Task, messages: Sequence[Message], *, timeout: float) -> Generation:
+        self.calls += 1
+        raise ModelUnavailable(
+            "rate limited", retry_after=self.retry_after, error_code="rate_limited"
+        )
+
+
+def test_long_rate_limit_defers_the_job_without_spending_its_attempt(
+    settings: Settings, clean_db: Database
+) -> None:
+    model = RateLimitedModel(retry_after=120)
+    worker = make_worker(settings, clean_db, model)
+    job = insert(clean_db, unique("rate limited for two minutes"), max_attempts=5)
+    first = worker.handle(TOKEN, envelope(job.id))
+    # Acked: a nack would spend a delivery attempt long before the limit resets.
+    assert first.status == 200 and first.body["outcome"] == "deferred"
+    deferred = reload(clean_db, job.id)
+    assert deferred.status is Status.QUEUED and deferred.not_before is not None
+    assert deferred.attempts == 1 and deferred.max_attempts == 6
+    # A duplicate delivery before the reset is acked without calling the model.
+    again = worker.handle(TOKEN, envelope(job.id, "m-dup"))
+    assert again.status == 200 and again.body["outcome"] == "deferred" and model.calls == 1
+
+
+def test_short_rate_limit_is_left_to_pubsub_backoff(settings: Settings, clean_db: Database) -> None:
+    worker = make_worker(settings, clean_db, RateLimitedModel(retry_after=2))
+    job = insert(clean_db, unique("rate limited briefly"))
+    answer = worker.handle(TOKEN, envelope(job.id))
+    assert answer.status == 503 and answer.headers["Retry-After"] == "2"
+    assert reload(clean_db, job.id).not_before is None
