@@ -144,6 +144,17 @@ def sweeper(request: Request) -> Response:
     return _push_response(_sweeper().handle(request.headers.get("Authorization")))
 
 
+def _not_found(_error: Exception) -> Response:
+    """Paths the framework's own router refuses (a newline in them) answer like ours."""
+    from genjobs.api.responses import problem_response
+    from genjobs.errors import NotFound
+
+    return problem_response(NotFound("no such route"))
+
+
+# functions-framework answers these itself, in HTML, before any entry point runs.
+functions_framework.errorhandler(404)(_not_found)
+
 _FACTORIES: dict[str, Callable[[], object]] = {
     "api": _api,
     "worker": _worker,

@@ -158,6 +158,14 @@ class ModelClient:
             )
         else:
             output = self._structured(task.name, task.output_schema, content, usage)
+        if not _storable(output):
+            # jsonb refuses NUL and unpaired surrogates: the result write would fail on every
+            # delivery. Refused here, the job fails once with a clear code instead.
+            raise InvalidAnswer(
+                "the answer has text Postgres cannot store (NUL or unpaired surrogates)",
+                error_code="invalid_model_output",
+                usage=usage,
+            )
         return Generation(output, usage.model, usage.prompt_tokens, usage.completion_tokens)
 
     def _content(self, completion: ChatCompletion, usage: Usage) -> tuple[str, bool]:
@@ -337,6 +345,26 @@ def _scrub(text: str, secret: Secret | None) -> str:
         if key:
             text = text.replace(key, "[redacted]")
     return _shorten(text)
+
+
+def _storable(value: Any) -> bool:
+    """Whether every string (and key) in `value` is valid UTF-8 without NUL."""
+    pending = [value]
+    while pending:
+        item = pending.pop()
+        if isinstance(item, dict):
+            pending.extend(item.keys())
+            pending.extend(item.values())
+        elif isinstance(item, list):
+            pending.extend(item)
+        elif isinstance(item, str):
+            if "\x00" in item:
+                return False
+            try:
+                item.encode()
+            except UnicodeEncodeError:
+                return False
+    return True
 
 
 def _shorten(text: str) -> str:

@@ -20,9 +20,7 @@ depends_on: str | Sequence[str] | None = None
 
 def upgrade() -> None:
     """Additive: a nullable column the Edge Functions never read."""
-    op.add_column(
-        "generations", sa.Column("not_before", sa.DateTime(timezone=True), nullable=True)
-    )
+    op.add_column("generations", sa.Column("not_before", sa.DateTime(timezone=True), nullable=True))
 
 
 def downgrade() -> None:

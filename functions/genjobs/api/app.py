@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 import uuid
 from collections.abc import Callable
+from datetime import UTC
 from typing import Any, Protocol
 
 from flask import Request, Response
@@ -30,7 +32,7 @@ from genjobs.errors import (
     PayloadTooLarge,
     UnsupportedMediaType,
 )
-from genjobs.logs import trace_id_from_headers
+from genjobs.logs import current_trace_id, log_context, new_trace_id, trace_id_from_headers
 from genjobs.publisher import JobPublisher
 from genjobs.settings import Settings
 from genjobs.statuses import Status
@@ -40,6 +42,7 @@ log = logging.getLogger(__name__)
 
 DEFAULT_PAGE_SIZE = 20
 MAX_PAGE_SIZE = 100
+MAX_TASK_NAME_LENGTH = 64
 
 ROUTES = Map(
     [
@@ -91,6 +94,11 @@ class ApiApp:
         }
 
     def __call__(self, request: Request) -> Response:
+        """Route, answer, and add CORS headers; every line logged meanwhile carries the trace."""
+        with log_context(trace_id=trace_id_from_headers(request.headers) or new_trace_id()):
+            return self._answer(request)
+
+    def _answer(self, request: Request) -> Response:
         """Route, answer, and add CORS headers."""
         origin = request.headers.get("Origin")
         adapter = ROUTES.bind("api", path_info=request.path)
@@ -126,7 +134,7 @@ class ApiApp:
             user.id,
             body,
             request.headers.get("Idempotency-Key"),
-            trace_id_from_headers(request.headers),
+            current_trace_id(),
         )
         job = submitted.job
         headers = {"Location": f"/v1/generations/{job.id}"}
@@ -219,15 +227,18 @@ class ApiApp:
         if len(raw) > limit:
             raise PayloadTooLarge(f"the body is over {limit} bytes")
         try:
-            return json.loads(raw)
-        except (UnicodeDecodeError, json.JSONDecodeError) as error:
+            return json.loads(raw, parse_constant=_not_json, parse_float=_finite_float)
+        # ValueError covers bad UTF-8, bad syntax, NaN/Infinity and over-long integers;
+        # RecursionError very deep nesting: the client's error, never a 500.
+        except (ValueError, RecursionError) as error:
             raise MalformedBody(f"the body is not valid JSON: {error}") from error
 
     def _list_filters(self, request: Request) -> tuple[Status | None, str | None, int]:
         errors = []
         status = None
         raw_status = request.args.get("status")
-        if raw_status:
+        # Present means given: `?status=` is not a status (the document lists an enum).
+        if raw_status is not None:
             try:
                 status = Status(raw_status)
             except ValueError:
@@ -235,16 +246,54 @@ class ApiApp:
                     {"field": "status", "message": f"one of: {', '.join(s.value for s in Status)}"}
                 )
         task = request.args.get("task") or None
+        if task is not None and (len(task) > MAX_TASK_NAME_LENGTH or "\x00" in task):
+            # Postgres text cannot hold NUL; no task name is longer.
+            errors.append({"field": "task", "message": "a task name from GET /v1/tasks"})
         limit = DEFAULT_PAGE_SIZE
         raw_limit = request.args.get("limit")
-        if raw_limit:
-            if raw_limit.isdigit() and 1 <= int(raw_limit) <= MAX_PAGE_SIZE:
+        if raw_limit is not None:
+            # "²" and "٣" are isdigit() too; 5,000 digits would make int() raise.
+            digits = raw_limit.isascii() and raw_limit.isdigit() and len(raw_limit) <= 3
+            if digits and 1 <= int(raw_limit) <= MAX_PAGE_SIZE:
                 limit = int(raw_limit)
             else:
                 errors.append({"field": "limit", "message": f"an integer 1..{MAX_PAGE_SIZE}"})
+        cursor = request.args.get("cursor") or None
+        if cursor is not None and not _is_cursor(cursor):
+            errors.append({"field": "cursor", "message": "not a cursor returned by this API"})
         if errors:
             raise InvalidRequest("invalid query parameters", errors)
         return status, task, limit
+
+
+def _is_cursor(cursor: str) -> bool:
+    """Whether `cursor` can be one of ours: a time zone-aware time, in range once in UTC."""
+    try:
+        created_at, _ = store.decode_cursor(cursor)
+    except InvalidRequest:
+        return False
+    if created_at.tzinfo is None:
+        return False
+    try:
+        # pg8000 sends the time in UTC; a date that overflows there raised OverflowError
+        # mid-statement and left the pooled connection unusable for the next request.
+        created_at.astimezone(UTC)
+    except (OverflowError, ValueError):
+        return False
+    return True
+
+
+def _not_json(constant: str) -> Any:
+    """NaN and Infinity are not JSON (and jsonb refuses them)."""
+    raise ValueError(f"{constant} is not a JSON value")
+
+
+def _finite_float(text: str) -> float:
+    """A JSON number as a float; 1e999 would become infinity, which jsonb refuses."""
+    value = float(text)
+    if not math.isfinite(value):
+        raise ValueError(f"number {text[:20]} is out of range")
+    return value
 
 
 def _job_id(raw: str) -> uuid.UUID:

@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 from pydantic import BaseModel
-from pydantic.json_schema import models_json_schema
+from pydantic.json_schema import JsonSchemaMode, models_json_schema
 
 from genjobs.api.schemas import (
     Health,
@@ -51,6 +51,9 @@ _LOCATION = {"Location": {"schema": {"type": "string"}, "description": "The job'
 
 _AUTH_ERRORS = {
     "401": _problem("Missing or invalid access token.", _WWW_AUTH),
+    "403": _problem(
+        "A valid token of an anonymous user, where ALLOW_ANONYMOUS_USERS is off.", _WWW_AUTH
+    ),
     "503": _problem("Database or key set unavailable; retry.", _RETRY_AFTER),
 }
 _ID_PARAM = {
@@ -184,15 +187,41 @@ def _paths() -> dict[str, Any]:
     }
 
 
+def _submit_request(tasks: dict[str, Task], schemas: dict[str, Any]) -> dict[str, Any]:
+    """SubmitRequest as one variant per task, each with that task's input schema."""
+    envelope = schemas["SubmitRequest"]
+    variants: dict[str, str] = {}
+    for name, task in sorted(tasks.items()):
+        component = f"Submit_{name}"
+        schemas[component] = {
+            **envelope,
+            "title": f"Submit {name}",
+            "properties": {
+                **envelope["properties"],
+                "task": {"const": name},
+                "input": _ref(task.input_model.__name__),
+            },
+        }
+        variants[name] = REF.format(model=component)
+    return {
+        "title": "SubmitRequest",
+        "description": envelope.get("description", ""),
+        "oneOf": [{"$ref": ref} for ref in variants.values()],
+        "discriminator": {"propertyName": "task", "mapping": variants},
+    }
+
+
 def openapi_document(tasks: dict[str, Task]) -> dict[str, Any]:
-    """The whole document; task names are listed in SubmitRequest.task's description."""
-    models: list[type[BaseModel]] = [SubmitRequest, JobView, JobPage, TaskList, Health, Problem]
-    _, definitions = models_json_schema(
-        [(m, "serialization" if m is not SubmitRequest else "validation") for m in models],
-        ref_template=REF,
-    )
+    """The whole document; SubmitRequest has one variant per registered task."""
+    responses: list[type[BaseModel]] = [JobView, JobPage, TaskList, Health, Problem]
+    requests: list[type[BaseModel]] = [SubmitRequest, *(t.input_model for t in tasks.values())]
+    modes: list[tuple[type[BaseModel], JsonSchemaMode]] = [
+        *((m, "serialization") for m in responses),
+        *((m, "validation") for m in requests),
+    ]
+    _, definitions = models_json_schema(modes, ref_template=REF)
     schemas = definitions.get("$defs", {})
-    schemas["SubmitRequest"]["properties"]["task"]["enum"] = sorted(tasks)
+    schemas["SubmitRequest"] = _submit_request(tasks, schemas)
     return {
         "openapi": "3.1.0",
         "info": {

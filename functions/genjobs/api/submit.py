@@ -54,6 +54,12 @@ def parse_submission(
     body: Any, tasks: dict[str, Task], settings: Settings
 ) -> tuple[Task, dict[str, Any], dict[str, Any]]:
     """Validate the body and the task's input; return the task, normalized input and metadata."""
+    unstorable = _unstorable_string(body)
+    if unstorable is not None:
+        raise InvalidRequest(
+            "the request body has text Postgres cannot store",
+            [{"field": unstorable, "message": "no NUL (\\u0000) or unpaired surrogates"}],
+        )
     try:
         request = SubmitRequest.model_validate(body)
     except ValidationError as error:
@@ -77,6 +83,37 @@ def parse_submission(
     except ValidationError as error:
         raise InvalidRequest("the task input is invalid", field_errors(error, "input")) from error
     return task, normalized, metadata
+
+
+def _unstorable_string(body: Any) -> str | None:
+    """The path of the first key or string jsonb cannot hold (NUL, lone surrogate), else None."""
+    # Iterative: a body nested hundreds deep is valid JSON and must not hit the recursion limit.
+    pending: list[tuple[str, Any]] = [("", body)]
+    while pending:
+        path, value = pending.pop()
+        if isinstance(value, str):
+            if not _storable(value):
+                return path or "body"
+        elif isinstance(value, dict):
+            for key, item in value.items():
+                child = f"{path}.{key}" if path else str(key)
+                if not _storable(key):
+                    return path or "body"
+                pending.append((child, item))
+        elif isinstance(value, list):
+            pending.extend((f"{path}.{i}" if path else str(i), v) for i, v in enumerate(value))
+    return None
+
+
+def _storable(text: str) -> bool:
+    """Postgres text and jsonb take valid UTF-8 without NUL."""
+    if "\x00" in text:
+        return False
+    try:
+        text.encode()
+    except UnicodeEncodeError:
+        return False
+    return True
 
 
 def check_idempotency_key(key: str | None) -> str | None:

@@ -28,6 +28,17 @@ ASYMMETRIC_ALGORITHMS = frozenset({"ES256", "RS256"})
 MIN_SECRET_BYTES = 32
 
 
+class AnonymousUserRefused(Forbidden):
+    """A valid token of an anonymous sign-in where only real accounts may call (RFC 6750 §3.1)."""
+
+    def headers(self) -> dict[str, str]:
+        reason = self.detail.replace('"', "'")
+        return {
+            "WWW-Authenticate": f'Bearer realm="{REALM}", error="insufficient_scope", '
+            f'error_description="{reason}"'
+        }
+
+
 @dataclass(frozen=True)
 class User:
     """The caller a verified access token names."""
@@ -122,7 +133,7 @@ class UserTokenVerifier:
             raise Unauthenticated("token claim 'is_anonymous' is not a boolean", realm=REALM)
         if is_anonymous and not self._allow_anonymous:
             # Valid credentials, but this deployment wants a signed-in account.
-            raise Forbidden("anonymous users may not use this API; sign in first")
+            raise AnonymousUserRefused("anonymous users may not use this API; sign in first")
         return User(
             id=user_id,
             role=USER_ROLE,
