@@ -12,8 +12,8 @@ import pytest
 from devstack.supervisor import Supervisor, free_port, function_service
 from genjobs.auth.minting import mint_api_key, mint_user_token
 from genjobs.settings import LOCAL_JWT_SECRET, LOCAL_SUPABASE_URL
-from tests.e2e.conftest import Stack
 from tests.openapi_check import assert_conforms
+from tests.stack import Stack
 
 SUMMARIZE = {"task": "summarize", "input": {"text": "Pub/Sub pushes each job to the worker."}}
 

@@ -13,7 +13,7 @@ from sqlalchemy import text
 
 from genjobs import store
 from genjobs.db import Database
-from tests.e2e.conftest import Stack
+from tests.stack import Stack
 
 MAX_DELIVERY_ATTEMPTS = 5  # infra/pubsub.yaml, generation-jobs-worker
 

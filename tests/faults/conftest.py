@@ -14,14 +14,8 @@ from devstack.database import prepare_database
 from devstack.dev import StackConfig
 from genjobs.db import Database, create_database
 from genjobs.settings import load_settings
-from tests.e2e.conftest import (  # noqa: F401 (fixtures and hooks shared with e2e)
-    Stack,
-    _show_stack_logs_on_failure,
-    free_ports,
-    pytest_runtest_makereport,
-    running_stack,
-)
 from tests.faults.postgres import RestartablePostgres, pgbouncer_in_front
+from tests.stack import Stack, free_ports, running_stack
 
 # Ack deadline 12 s (the topology's 300 s scaled by 0.04): lease 9 s, model calls at most 6 s.
 ACK_DEADLINE_SCALE = "0.04"

@@ -25,8 +25,8 @@ import httpx
 import pytest
 from sqlalchemy import text
 
-from tests.e2e.conftest import TERMINAL, Stack, running_stack
 from tests.faults.conftest import FaultDatabase, fault_config
+from tests.stack import TERMINAL, Stack, running_stack
 
 JOBS = int(
     os.environ.get("FAULT_SUITE_JOBS", "3000" if os.environ.get("FAULT_SUITE_LONG") else "300")

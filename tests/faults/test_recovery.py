@@ -11,8 +11,8 @@ import httpx
 from sqlalchemy import text
 
 from devstack.supervisor import Supervisor, free_port, function_service
-from tests.e2e.conftest import Stack
 from tests.faults.conftest import FaultDatabase
+from tests.stack import Stack
 
 
 def submit(

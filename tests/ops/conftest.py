@@ -1,14 +1,8 @@
-"""Operations tests share the end-to-end tests' private stack (emulator, stub model, functions)."""
+"""Operations tests: the shared `stack` fixture comes from tests/conftest.py."""
 
 from __future__ import annotations
 
 import pytest
-
-from tests.e2e.conftest import (  # noqa: F401 (fixtures and the hook pytest looks up here)
-    _show_stack_logs_on_failure,
-    pytest_runtest_makereport,
-    stack,
-)
 
 
 @pytest.fixture

@@ -21,7 +21,7 @@ from genjobs.logs import (
     trace_id_from_headers,
 )
 from genjobs.sentry import FILTERED, configure_sentry, scrub_event, secret_values_from_env
-from tests.e2e.conftest import Stack
+from tests.stack import Stack
 
 TRACE = "0af7651916cd43dd8448eb211c80319c"
 

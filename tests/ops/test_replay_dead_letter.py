@@ -23,8 +23,8 @@ from genjobs.replay_sources import (
     job_id_from_data,
     replay_from_dead_letter,
 )
-from tests.e2e.conftest import Stack
 from tests.ops.helpers import RecordingPublisher, events, insert_job, job_row
+from tests.stack import Stack
 
 PROJECT = "local-project"
 DEAD_LETTER_TOPIC = f"projects/{PROJECT}/topics/generation-jobs-dead-letter"
@@ -35,10 +35,12 @@ MAX_DELIVERY_ATTEMPTS = 5  # infra/pubsub.yaml, generation-jobs-worker
 def queue(
     stack: Stack, monkeypatch: pytest.MonkeyPatch, request: pytest.FixtureRequest
 ) -> Iterator[DeadLetterSubscription]:
-    """The replay subscription of the stack's emulator. Each test leaves it empty (an empty
-    pull waits a second, so it is drained only after a failure)."""
+    """The replay subscription of the stack's emulator, emptied of what other tests on the
+    shared stack dead-lettered; each test here leaves it empty (drained after a failure)."""
     monkeypatch.setenv("PUBSUB_EMULATOR_HOST", f"127.0.0.1:{stack.ports.pubsub}")
     subscription = DeadLetterSubscription(PROJECT)
+    while batch := subscription.pull(100):
+        subscription.ack([m.ack_id for m in batch])
     yield subscription
     report = getattr(request.node, "rep_call", None)
     if report is None or report.failed:

@@ -30,7 +30,7 @@ from devstack.supervisor import Supervisor, free_port, function_service
 from genjobs.auth.minting import mint_user_token
 from genjobs.db import Database, create_database
 from genjobs.settings import load_settings
-from tests.e2e.conftest import Stack, free_ports, running_stack
+from tests.stack import Stack, free_ports, running_stack
 
 # Distinct per run, so finding one in a log can only mean it leaked from this run.
 JWT_SECRET = f"security-jwt-{secrets.token_hex(16)}"

@@ -12,7 +12,6 @@ from pathlib import Path
 from typing import Any
 
 import httpx
-import pytest
 from cryptography.hazmat.primitives.asymmetric import rsa
 
 from devstack.dev import Ports, StackConfig, build_services, start_scheduler
@@ -117,46 +116,3 @@ def running_stack(config: StackConfig, logs: Path) -> Iterator[Stack]:
     finally:
         scheduler.stop()
         supervisor.stop()
-
-
-@pytest.fixture(scope="session")
-def stack(app_database_url: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
-    """Start the stack once per database variant; its processes' output lands in files."""
-    logs = tmp_path_factory.mktemp("stack-logs")
-    config = StackConfig(
-        database_url=app_database_url,
-        signing_key=logs / "push-signing-key.pem",
-        ports=free_ports(),
-        # Pub/Sub's 10 s..600 s backoff, scaled down so retries and dead-lettering take seconds.
-        emulator_flags=("--backoff-scale", "0.01"),
-        env={"LOG_LEVEL": "INFO", "DB_POOL_SIZE": "5", "SWEEP_PUBLISH_GRACE_SECONDS": "2"},
-        worker_threads=32,
-        sweep_interval=0.5,
-    )
-    with running_stack(config, logs) as running:
-        yield running
-
-
-@pytest.fixture(autouse=True)
-def _show_stack_logs_on_failure(request: pytest.FixtureRequest) -> Iterator[None]:
-    """Print the processes' recent output when a test here fails."""
-    yield
-    report = getattr(request.node, "rep_call", None)
-    if report is None or not report.failed:
-        return
-    for name in request.fixturenames:
-        if not name.endswith("stack"):
-            continue
-        stack = request.getfixturevalue(name)
-        if not isinstance(stack, Stack):
-            continue
-        for log in sorted(stack.logs.glob("*.log")):
-            print(f"----- {log.name} (last 40 lines) -----")
-            print("\n".join(log.read_text(errors="replace").splitlines()[-40:]))
-
-
-@pytest.hookimpl(tryfirst=True, hookwrapper=True)
-def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) -> Iterator[None]:
-    outcome = yield
-    report = outcome.get_result()  # type: ignore[attr-defined]
-    setattr(item, f"rep_{report.when}", report)
