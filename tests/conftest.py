@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import uuid
 from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from urllib.parse import urlsplit, urlunsplit
 
@@ -70,11 +71,11 @@ def apply_shim_and_migrations(url: str) -> None:
         engine.dispose()
 
 
-@pytest.fixture(scope="session")
-def database_url() -> Iterator[str]:
-    """A fresh, migrated database for this test session; dropped afterwards."""
+@contextmanager
+def fresh_database(prefix: str) -> Iterator[str]:
+    """A new, migrated database on the test server; dropped afterwards."""
     base = server_url()
-    name = f"genjobs_test_{uuid.uuid4().hex[:10]}"
+    name = f"{prefix}_{uuid.uuid4().hex[:10]}"
     admin_execute(base, f'CREATE DATABASE "{name}"')
     url = with_database(base, name)
     try:
@@ -82,6 +83,13 @@ def database_url() -> Iterator[str]:
         yield url
     finally:
         admin_execute(base, f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
+
+@pytest.fixture(scope="session")
+def database_url() -> Iterator[str]:
+    """A fresh, migrated database for this test session; dropped afterwards."""
+    with fresh_database("genjobs_test") as url:
+        yield url
 
 
 @pytest.fixture(scope="session", params=["direct", "pgbouncer"])
@@ -123,11 +131,27 @@ def clean_db(db: Database) -> Database:
 
 
 @pytest.fixture(scope="session")
-def stack(app_database_url: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
+def stack_database_url(app_database_url: str) -> Iterator[str]:
+    """The stack's own database, reached like `app_database_url`: its sweeper and worker never
+    touch the rows other tests arrange (or truncate) in theirs."""
+    with fresh_database("genjobs_stack") as direct:
+        yield with_database(app_database_url, urlsplit(direct).path.lstrip("/"))
+
+
+@pytest.fixture(scope="session")
+def stack_db(stack_database_url: str) -> Iterator[Database]:
+    """The project's Database on the stack's database."""
+    database = create_database(load_settings("cli", {"DATABASE_URL": stack_database_url}))
+    yield database
+    database.dispose()
+
+
+@pytest.fixture(scope="session")
+def stack(stack_database_url: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
     """Start the stack once per database variant; its processes' output lands in files."""
     logs = tmp_path_factory.mktemp("stack-logs")
     config = StackConfig(
-        database_url=app_database_url,
+        database_url=stack_database_url,
         signing_key=logs / "push-signing-key.pem",
         ports=free_ports(),
         # Pub/Sub's 10 s..600 s backoff, scaled down so retries and dead-lettering take seconds.

@@ -272,7 +272,7 @@ def cli(stack: Stack, db_url: str, *args: str) -> dict[str, Any]:
 
 
 def test_dead_lettered_job_succeeds_after_replay_end_to_end(
-    stack: Stack, db: Database, queue: DeadLetterSubscription, app_database_url: str
+    stack: Stack, stack_db: Database, queue: DeadLetterSubscription, stack_database_url: str
 ) -> None:
     marker = uuid.uuid4().hex
     client = stack.client()
@@ -289,7 +289,7 @@ def test_dead_lettered_job_succeeds_after_replay_end_to_end(
     assert failed["status"] == "failed" and failed["error"]["code"] == "dead_lettered"
     assert len(stack.model_calls(marker)) == MAX_DELIVERY_ATTEMPTS
 
-    summary = cli(stack, app_database_url, "--job", job_id)
+    summary = cli(stack, stack_database_url, "--job", job_id)
     assert summary["counts"]["replayed"] == 1 and summary["acked"] == 1
 
     job = stack.wait_for(client, job_id, timeout=30)
@@ -297,13 +297,13 @@ def test_dead_lettered_job_succeeds_after_replay_end_to_end(
     assert job["error"] is None
     assert job["attempts"] == MAX_DELIVERY_ATTEMPTS + 1
     assert len(stack.model_calls(marker)) == MAX_DELIVERY_ATTEMPTS + 1
-    history = events(db, uuid.UUID(job_id))
+    history = events(stack_db, uuid.UUID(job_id))
     assert history.count("replayed") == 1 and history.count("succeeded") == 1
     assert history.index("dead_lettered") < history.index("replayed") < history.index("succeeded")
 
     # Replaying again, from either source, finds nothing to do: no second run, no second result.
-    again = cli(stack, app_database_url, "--job", job_id)
+    again = cli(stack, stack_database_url, "--job", job_id)
     assert again["jobs"] == [] and again["acked"] == 0
-    assert cli(stack, app_database_url, "--from", "database", "--job", job_id)["jobs"] == []
-    assert Counter(events(db, uuid.UUID(job_id)))["succeeded"] == 1
+    assert cli(stack, stack_database_url, "--from", "database", "--job", job_id)["jobs"] == []
+    assert Counter(events(stack_db, uuid.UUID(job_id)))["succeeded"] == 1
     assert len(stack.model_calls(marker)) == MAX_DELIVERY_ATTEMPTS + 1
