@@ -10,10 +10,9 @@ from pathlib import Path
 from urllib.parse import urlsplit, urlunsplit
 
 import pytest
-from alembic import command
-from alembic.config import Config
 from sqlalchemy import create_engine, text
 
+from devstack.database import prepare_database
 from devstack.dev import StackConfig
 from genjobs.db import Database, create_database, embedded_database_url, pg8000_url
 from genjobs.settings import Settings, load_settings
@@ -56,21 +55,6 @@ def admin_execute(url: str, *statements: str) -> None:
         engine.dispose()
 
 
-def apply_shim_and_migrations(url: str) -> None:
-    """Give plain Postgres what Supabase provides, then migrate to head."""
-    pg_url, args = pg8000_url(url)
-    engine = create_engine(pg_url, connect_args=args)
-    try:
-        with engine.begin() as conn:
-            conn.exec_driver_sql(SHIM.read_text())
-        config = Config(str(ROOT / "alembic.ini"))
-        with engine.begin() as conn:
-            config.attributes["connection"] = conn
-            command.upgrade(config, "head")
-    finally:
-        engine.dispose()
-
-
 @contextmanager
 def fresh_database(prefix: str) -> Iterator[str]:
     """A new, migrated database on the test server; dropped afterwards."""
@@ -79,7 +63,7 @@ def fresh_database(prefix: str) -> Iterator[str]:
     admin_execute(base, f'CREATE DATABASE "{name}"')
     url = with_database(base, name)
     try:
-        apply_shim_and_migrations(url)
+        prepare_database(url)  # Supabase's roles and auth.uid(), then migrations to head
         yield url
     finally:
         admin_execute(base, f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')

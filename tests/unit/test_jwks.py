@@ -5,10 +5,8 @@ from __future__ import annotations
 import json
 import socket
 import threading
-import time
 import uuid
 from collections.abc import Iterator
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
 import jwt
@@ -17,43 +15,7 @@ from cryptography.hazmat.primitives.asymmetric import ec, rsa
 
 from genjobs.auth.jwks import JwksCache, KeySetUnavailable, parse_jwks
 from genjobs.errors import Unauthenticated
-
-
-class JwksServer:
-    """Serves `self.jwks` on every GET path and counts the hits."""
-
-    def __init__(self) -> None:
-        self.jwks: dict[str, Any] = {"keys": []}
-        self.status = 200
-        self.delay = 0.0
-        self.hits = 0
-        self.paths: list[str] = []
-        server = self
-
-        class Handler(BaseHTTPRequestHandler):
-            def do_GET(self) -> None:
-                server.hits += 1
-                server.paths.append(self.path)
-                time.sleep(server.delay)
-                body = json.dumps(server.jwks).encode()
-                self.send_response(server.status)
-                self.send_header("Content-Type", "application/json")
-                self.send_header("Content-Length", str(len(body)))
-                self.end_headers()
-                self.wfile.write(body)
-
-            def log_message(self, *args: Any) -> None:
-                pass
-
-        self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.url = f"http://127.0.0.1:{self.httpd.server_address[1]}/jwks.json"
-        threading.Thread(
-            target=self.httpd.serve_forever, kwargs={"poll_interval": 0.01}, daemon=True
-        ).start()
-
-    def close(self) -> None:
-        self.httpd.shutdown()
-        self.httpd.server_close()
+from tests.jwks_server import JwksServer
 
 
 class FakeClock:

@@ -3,10 +3,8 @@
 from __future__ import annotations
 
 import json
-import threading
 import time
 from collections.abc import Iterator
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
 import jwt
@@ -16,39 +14,10 @@ from cryptography.hazmat.primitives.asymmetric import ec, rsa
 from genjobs.auth import JwksCache, ServiceIdentity, ServiceTokenVerifier
 from genjobs.errors import ConfigurationError, Forbidden, Unauthenticated
 from genjobs.settings import LOCAL_JWT_SECRET
+from tests.jwks_server import JwksServer
 
 PUSH_EMAIL = "pubsub-push@local-project.iam.gserviceaccount.com"
 AUDIENCE = "http://127.0.0.1:8081/"
-
-
-class CertsServer:
-    """Serves a JWKS at /oauth2/v3/certs, like Google and the local Pub/Sub emulator."""
-
-    def __init__(self, jwks: dict[str, Any]) -> None:
-        self.jwks = jwks
-        server = self
-
-        class Handler(BaseHTTPRequestHandler):
-            def do_GET(self) -> None:
-                found = self.path == "/oauth2/v3/certs"
-                body = json.dumps(server.jwks if found else {}).encode()
-                self.send_response(200 if found else 404)
-                self.send_header("Content-Length", str(len(body)))
-                self.end_headers()
-                self.wfile.write(body)
-
-            def log_message(self, *args: Any) -> None:
-                pass
-
-        self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.certs_url = f"http://127.0.0.1:{self.httpd.server_address[1]}/oauth2/v3/certs"
-        threading.Thread(
-            target=self.httpd.serve_forever, kwargs={"poll_interval": 0.01}, daemon=True
-        ).start()
-
-    def close(self) -> None:
-        self.httpd.shutdown()
-        self.httpd.server_close()
 
 
 @pytest.fixture(scope="module")
@@ -57,15 +26,15 @@ def key() -> rsa.RSAPrivateKey:
 
 
 @pytest.fixture(scope="module")
-def server(key: rsa.RSAPrivateKey) -> Iterator[CertsServer]:
+def server(key: rsa.RSAPrivateKey) -> Iterator[JwksServer]:
     jwk = jwt.algorithms.RSAAlgorithm.to_jwk(key.public_key(), as_dict=True)
-    srv = CertsServer({"keys": [{**jwk, "kid": "emulator-1", "alg": "RS256", "use": "sig"}]})
+    srv = JwksServer({"keys": [{**jwk, "kid": "emulator-1", "alg": "RS256", "use": "sig"}]})
     yield srv
     srv.close()
 
 
 @pytest.fixture
-def verifier(server: CertsServer) -> ServiceTokenVerifier:
+def verifier(server: JwksServer) -> ServiceTokenVerifier:
     return ServiceTokenVerifier(
         audience=AUDIENCE, allowed_emails=[PUSH_EMAIL], certs_url=server.certs_url
     )
@@ -115,7 +84,7 @@ def test_both_google_issuer_spellings(
     assert verifier.verify(sign(key, claims(iss=iss))).email == PUSH_EMAIL
 
 
-def test_audience_may_be_one_of_several(server: CertsServer, key: rsa.RSAPrivateKey) -> None:
+def test_audience_may_be_one_of_several(server: JwksServer, key: rsa.RSAPrivateKey) -> None:
     v = ServiceTokenVerifier(
         audience=["https://worker-abc.a.run.app", AUDIENCE],
         allowed_emails=[PUSH_EMAIL.upper()],
@@ -195,7 +164,7 @@ def test_unverified_email_is_403(
         verifier.verify(sign(key, claims(email_verified=verified)))
 
 
-def test_shared_key_cache_is_used(server: CertsServer, key: rsa.RSAPrivateKey) -> None:
+def test_shared_key_cache_is_used(server: JwksServer, key: rsa.RSAPrivateKey) -> None:
     fetched: list[str] = []
 
     def fetch(url: str, timeout: float) -> bytes:

@@ -6,11 +6,9 @@ import base64
 import hashlib
 import hmac
 import json
-import threading
 import time
 import uuid
 from collections.abc import Iterator
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
 import jwt
@@ -22,6 +20,7 @@ from genjobs.auth import JwksCache, KeySetUnavailable, User, UserTokenVerifier
 from genjobs.auth.minting import DEMO_USER_ID, mint_api_key, mint_user_token
 from genjobs.errors import ConfigurationError, Forbidden, Unauthenticated
 from genjobs.settings import LOCAL_JWT_SECRET, LOCAL_SUPABASE_URL
+from tests.jwks_server import JwksServer
 
 ISSUER = f"{LOCAL_SUPABASE_URL}/auth/v1"
 
@@ -32,37 +31,6 @@ def b64(data: bytes) -> str:
 
 def b64json(obj: Any) -> str:
     return b64(json.dumps(obj).encode())
-
-
-class JwksServer:
-    """Serves `self.jwks` on every GET path, as Supabase serves its key set."""
-
-    def __init__(self, jwks: dict[str, Any]) -> None:
-        self.jwks = jwks
-        self.paths: list[str] = []
-        server = self
-
-        class Handler(BaseHTTPRequestHandler):
-            def do_GET(self) -> None:
-                server.paths.append(self.path)
-                body = json.dumps(server.jwks).encode()
-                self.send_response(200)
-                self.send_header("Content-Length", str(len(body)))
-                self.end_headers()
-                self.wfile.write(body)
-
-            def log_message(self, *args: Any) -> None:
-                pass
-
-        self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.base_url = f"http://127.0.0.1:{self.httpd.server_address[1]}"
-        threading.Thread(
-            target=self.httpd.serve_forever, kwargs={"poll_interval": 0.01}, daemon=True
-        ).start()
-
-    def close(self) -> None:
-        self.httpd.shutdown()
-        self.httpd.server_close()
 
 
 class Keys:
