@@ -6,7 +6,7 @@ import base64
 import json
 import uuid
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import Any
 
 from sqlalchemy import Connection, TextClause, text
@@ -222,8 +222,11 @@ def decode_cursor(cursor: str) -> tuple[datetime, uuid.UUID]:
     try:
         raw = base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4)).decode()
         created_at, job_id = raw.split("|")
-        return datetime.fromisoformat(created_at), uuid.UUID(job_id)
-    except (ValueError, UnicodeDecodeError) as error:
+        # A zone is required, and pg8000 sends times in UTC: a naive time, or one that
+        # overflows there, would raise mid-statement and leave the pooled connection unusable.
+        moment = datetime.fromisoformat(created_at).astimezone(UTC)
+        return moment, uuid.UUID(job_id)
+    except (ValueError, UnicodeDecodeError, OverflowError) as error:
         raise InvalidRequest(
             "invalid cursor",
             errors=[{"field": "cursor", "message": "not a cursor returned by this API"}],
