@@ -70,9 +70,12 @@ class ClaimResult:
     job: Job | None
 
 
+# Its own statement: a statement's snapshot is taken when it starts, so counts read in the
+# statement that waited for the lock would miss what the lock holder just committed.
+_LOCK_USER = _sql("SELECT pg_advisory_xact_lock(hashtextextended(CAST(:user_id AS text), 7))")
+
 _USAGE = _sql(
     """
-    WITH lock AS (SELECT pg_advisory_xact_lock(hashtextextended(CAST(:user_id AS text), 7)))
     SELECT
       (SELECT count(*) FROM generations
         WHERE user_id = :user_id AND created_at > now() - interval '1 minute') AS recent,
@@ -83,13 +86,13 @@ _USAGE = _sql(
         WHERE user_id = :user_id AND created_at >= date_trunc('day', now())) AS tokens,
       (SELECT row_to_json(g) FROM generations g
         WHERE g.user_id = :user_id AND g.idempotency_key = :key) AS existing
-    FROM lock
     """
 )
 
 
 def user_usage(conn: Connection, user_id: uuid.UUID, idempotency_key: str | None) -> UserUsage:
     """Lock the user's submissions for this transaction and read their limits' counters."""
+    conn.execute(_LOCK_USER, {"user_id": user_id})
     row = conn.execute(_USAGE, {"user_id": user_id, "key": idempotency_key}).one()
     existing = _job_from_json(row.existing) if row.existing is not None else None
     return UserUsage(row.recent, row.active, int(row.tokens), existing)

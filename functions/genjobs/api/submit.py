@@ -16,6 +16,7 @@ from genjobs import store
 from genjobs.api.schemas import SubmitRequest
 from genjobs.db import Database
 from genjobs.errors import (
+    IdempotencyKeyInProgress,
     IdempotencyKeyReused,
     InvalidRequest,
     PayloadTooLarge,
@@ -179,8 +180,8 @@ class SubmitService:
                     max_attempts=DEFAULT_MAX_ATTEMPTS,
                 ),
             )
-        if job is None:  # unreachable under the per-user lock; kept as a guard
-            raise IdempotencyKeyReused("this Idempotency-Key is already in use")
+        if job is None:  # the per-user lock makes this unreachable; DESIGN's answer if not
+            raise IdempotencyKeyInProgress("a request with this Idempotency-Key is in progress")
         self._publish(job)
         return Submitted(job, replayed=False)
 
