@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -9,6 +10,8 @@ import jwt
 
 from genjobs.auth.jwks import JwksCache, bearer_token, rejection, signing_key, unverified_header
 from genjobs.errors import ConfigurationError, Forbidden, Unauthenticated
+
+MAX_CACHED_TOKENS = 64
 
 REALM = "genjobs-internal"
 GOOGLE_CERTS_URL = "https://www.googleapis.com/oauth2/v3/certs"
@@ -47,11 +50,16 @@ class ServiceTokenVerifier:
         if not self.issuers:
             raise ConfigurationError("no token issuer is accepted")
         self._jwks = jwks or JwksCache(certs_url)
+        # Pub/Sub reuses a token for many pushes: one RS256 check per token until it expires.
+        self._verified: dict[str, tuple[ServiceIdentity, float]] = {}
         self._leeway = leeway_seconds
 
     def verify(self, authorization_header: str | None) -> ServiceIdentity:
         """The caller's identity; Unauthenticated (401) or Forbidden (403) otherwise."""
         token = bearer_token(authorization_header, realm=REALM)
+        cached = self._verified.get(token)
+        if cached is not None and cached[1] > time.time():
+            return cached[0]
         header = unverified_header(token, realm=REALM)
         if header.get("alg") != "RS256":
             raise Unauthenticated("token algorithm is not allowed (RS256 only)", realm=REALM)
@@ -74,4 +82,8 @@ class ServiceTokenVerifier:
         # Google sends a JSON boolean; some older token formats used the string "true".
         if claims.get("email_verified") not in (True, "true"):
             raise Forbidden("the service account email is not verified")
-        return ServiceIdentity(email=email, subject=claims["sub"])
+        identity = ServiceIdentity(email=email, subject=claims["sub"])
+        if len(self._verified) >= MAX_CACHED_TOKENS:
+            self._verified.clear()
+        self._verified[token] = (identity, float(claims["exp"]))
+        return identity
