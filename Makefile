@@ -41,6 +41,9 @@ lint: $(STAMP)
 typecheck: $(STAMP)
 	$(BIN)/mypy
 
+bench: $(STAMP) ## benchmarks against baselines: prints a table, writes bench/results/latest.json
+	$(BIN)/python -m bench $(BENCH_ARGS)
+
 unit: $(STAMP) ## the fast tests only
 	$(BIN)/python -m pytest tests/unit -q
 

@@ -1,0 +1,1 @@
+"""Benchmarks of the genjobs pipeline, each figure measured next to its baseline."""

@@ -1,0 +1,166 @@
+"""Figure 4: cold start, process start → first useful answer, and each entry point's import."""
+
+from __future__ import annotations
+
+import json
+import os
+import statistics
+import subprocess
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+from bench import baseline
+from bench.load import first_success, wait_for_close, wait_for_listen
+from bench.sizes import Size
+from bench.stack import Stack, spawn, terminate
+from bench.submit import sink_env
+from devstack.supervisor import ROOT, free_port, function_service
+
+POLL_SECONDS = 0.005
+
+
+@dataclass(frozen=True)
+class ColdStart:
+    """Median seconds from process start, with every run."""
+
+    seconds: float
+    runs: list[float]
+    listening_seconds: float | None  # median: process start → port accepting
+
+
+def measure(stack: Stack, size: Size, logs: Path) -> dict[str, ColdStart]:
+    """Median seconds from process start for a new bare app, api and worker."""
+    # Each repetition runs all three back to back, so they see the same machine.
+    worker = stack.service("worker")
+    stack.supervisor.pause("worker")
+    # The arbiter is gone; its worker process may hold the socket a moment longer.
+    wait_for_close(worker.port, timeout=10)
+    runs: dict[str, list[float]] = {"baseline": [], "api": [], "worker": []}
+    listening: dict[str, list[float]] = {"baseline": [], "api": [], "worker": []}
+    try:
+        for attempt in range(size.cold_starts):
+            runs["baseline"].append(baseline.cold_start(logs))
+            for name, once in (("api", _api_once), ("worker", _worker_once)):
+                seconds, listen = once(stack, attempt, logs)
+                runs[name].append(seconds)
+                listening[name].append(listen)
+    finally:
+        stack.supervisor.resume("worker")
+    return {
+        name: ColdStart(
+            statistics.median(times),
+            times,
+            statistics.median(listening[name]) if listening[name] else None,
+        )
+        for name, times in runs.items()
+    }
+
+
+def _api_once(stack: Stack, attempt: int, logs: Path) -> tuple[float, float]:
+    """A new api process: start → its first 202 to an authenticated submit."""
+    port = free_port()
+    env = sink_env(stack)  # its job is not for the worker standing in for a cold one
+    started = time.monotonic()
+    process = spawn(function_service("api", port, env), logs / "api-cold.log")
+    try:
+        listening = wait_for_listen(port, timeout=60) - started
+        request = stack.submit_request(attempt, "cold-start-api")
+        return first_success(port, request, timeout=60) - started, listening
+    finally:
+        terminate(process)
+
+
+def _worker_once(stack: Stack, attempt: int, logs: Path) -> tuple[float, float]:
+    """A new worker in the paused stack worker's place: process start → first job succeeded."""
+    # The job is submitted (to the warm api) once the worker listens, so the time also covers
+    # one submit and one push, as for a job waiting on a worker scaled to zero.
+    service = stack.service("worker")
+    phase = f"cold-start-worker-{attempt}"
+    started = time.monotonic()
+    process = spawn(service, logs / "worker-cold.log")
+    try:
+        listening = wait_for_listen(service.port, timeout=60) - started
+        first_success(stack.ports.api, stack.submit_request(attempt, phase), timeout=10)
+        counts = stack.wait_for_phase(phase, 1, timeout=60, interval=POLL_SECONDS)
+        seconds = time.monotonic() - started
+    finally:
+        terminate(process)
+        wait_for_close(service.port, timeout=10)
+    if counts.get("succeeded") != 1:
+        raise RuntimeError(f"the cold worker's first job did not succeed: {counts}")
+    return seconds, listening
+
+
+_IMPORT = """
+import json, sys, time
+started = time.perf_counter()
+import {module}
+print(json.dumps(time.perf_counter() - started))
+"""
+
+
+def import_seconds(
+    modules: dict[str, tuple[str, Path, dict[str, str]]], runs: int
+) -> dict[str, tuple[float, list[tuple[str, float]]]]:
+    """Per name: median seconds to import its module afresh, and its slowest direct imports."""
+    # The modules take turns, so all see the same machine; `-X importtime` names the slow parts.
+    times: dict[str, list[float]] = {name: [] for name in modules}
+    for _ in range(runs):
+        for name, (module, directory, env) in modules.items():
+            done = _python(["-c", _IMPORT.format(module=module)], directory, env)
+            times[name].append(float(json.loads(done.stdout.strip().splitlines()[-1])))
+    result = {}
+    for name, (module, directory, env) in modules.items():
+        traced = _python(["-X", "importtime", "-c", f"import {module}"], directory, env)
+        result[name] = (statistics.median(times[name]), top_imports(traced.stderr, module))
+    return result
+
+
+def _python(
+    args: list[str], directory: Path, env: dict[str, str]
+) -> subprocess.CompletedProcess[str]:
+    full_env = {**os.environ, **env, "PYTHONPATH": str(directory)}
+    return subprocess.run(
+        [sys.executable, *args],
+        cwd=directory,
+        env=full_env,
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+
+
+def top_imports(importtime: str, module: str, count: int = 6) -> list[tuple[str, float]]:
+    """The direct imports of `module` that took longest (cumulative seconds)."""
+    children: list[tuple[str, float]] = []
+    for line in importtime.splitlines():
+        if not line.startswith("import time:") or "cumulative" in line:
+            continue
+        _, cumulative, name = line[len("import time:") :].split("|")
+        # One space, then two more per nesting level; children are printed before parents.
+        level = (len(name) - len(name.lstrip()) - 1) // 2
+        if level == 0 and name.strip() == module:
+            return sorted(children, key=lambda item: -item[1])[:count]
+        if level == 0:
+            children = []
+        elif level == 1:
+            children.append((name.strip(), int(cumulative) / 1e6))
+    return []
+
+
+def entry_points(stack: Stack, size: Size) -> dict[str, tuple[float, list[tuple[str, float]]]]:
+    """Import times of `main` per target, of the bare app, and of the SDKs imported lazily."""
+    functions = ROOT / "functions"
+    return import_seconds(
+        {
+            "baseline": ("baseline_main", ROOT / "bench", {}),
+            "api": ("main", functions, dict(stack.service("api").env)),
+            "worker": ("main", functions, dict(stack.service("worker").env)),
+            # Imported on first use: by the api's first publish, the worker's first model call.
+            "google.cloud.pubsub_v1": ("google.cloud.pubsub_v1", functions, {}),
+            "openai": ("openai", functions, {}),
+        },
+        size.cold_starts,
+    )

@@ -1,0 +1,331 @@
+"""`python -m bench`: start a private stack, measure every figure next to its baseline, report."""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import tempfile
+import time
+from collections.abc import Sequence
+from dataclasses import asdict
+from pathlib import Path
+from typing import Any
+
+from bench import baseline, cold_start, concurrency, db_work, dispatch, end_to_end, submit
+from bench.load import first_success
+from bench.report import Figure, table, write
+from bench.sizes import SIZES, Size
+from bench.stack import (
+    API_THREADS,
+    MAX_OUTSTANDING_PUSHES,
+    WORKER_THREADS,
+    BenchDatabase,
+    Stack,
+    bench_database,
+    start_stack,
+)
+from devstack.supervisor import ROOT
+from genjobs.settings import Settings
+
+DEFAULT_OUT = ROOT / "bench" / "results" / "latest.json"
+WARM_UP_PHASE = "warm-up"
+MIB = 2**20
+DB_POOL_SIZE = Settings.db_pool_size  # the shipped default
+ORDER = (
+    "submit_rps",
+    "end_to_end_jobs_per_s",
+    "transactions_per_job",
+    "statements_per_job",
+    "round_trips_per_job",
+    "api_cold_start_s",
+    "worker_cold_start_s",
+    "api_import_s",
+    "worker_import_s",
+    "concurrency_ratio",
+    "concurrency_peak_rss_mib",
+    "concurrency_peak_db_connections",
+    "dispatch_p50_ms",
+    "dispatch_p95_ms",
+)
+
+
+def log(message: str) -> None:
+    """Progress on stderr; the table goes to stdout."""
+    print(f"[bench] {message}", file=sys.stderr, flush=True)
+
+
+def warm_up(stack: Stack, jobs: int = 8) -> None:
+    """A few jobs through the pipeline: lazy imports, pools and clients are ready afterwards."""
+    for index in range(jobs):
+        first_success(stack.ports.api, stack.submit_request(index, WARM_UP_PHASE), timeout=60)
+    stack.wait_for_phase(WARM_UP_PHASE, jobs, timeout=60)
+
+
+def throughput(stack: Stack, size: Size, logs: Path) -> list[Figure]:
+    """Figures 1 and 2: submit and end-to-end throughput against the bare handler's req/s."""
+    log("1. submit throughput, against the bare app's")
+    stack.users(size.users)
+    sides = submit.measure(stack, size, logs)
+    bare = sides["bare"].load.rps
+    log("2. end-to-end throughput")
+    stack.users(size.users)
+    e2e = end_to_end.measure(stack, size)
+    return [
+        Figure(
+            "submit_rps",
+            "1. submit req/s",
+            sides["api"].load.rps,
+            "req/s",
+            bare,
+            "bare handler",
+            0.4,
+            "ratio>=",
+            {name: side.summary() for name, side in sides.items()},
+        ),
+        Figure(
+            "end_to_end_jobs_per_s",
+            "2. end-to-end jobs/s",
+            e2e.jobs_per_second,
+            "jobs/s",
+            bare,
+            "bare handler req/s",
+            0.15,
+            "ratio>=",
+            {
+                "jobs": e2e.jobs,
+                "succeeded": e2e.succeeded,
+                "seconds": e2e.seconds,
+                "submit": e2e.submit.summary(),
+                "dispatch_under_load_p50_ms": e2e.dispatch_p50_ms,
+                "dispatch_under_load_p95_ms": e2e.dispatch_p95_ms,
+                "cpu_ms_per_job": e2e.cpu_ms_per_job,
+            },
+        ),
+    ]
+
+
+def dispatch_latency(stack: Stack, size: Size) -> list[Figure]:
+    """Figure 6: submit → worker start, against the emulator's own publish → push."""
+    log("6. dispatch latency")
+    stack.users(size.users)
+    jobs = dispatch.measure(stack, size)
+    log("6. dispatch baseline: emulator publish → push to a bare endpoint")
+    emulator = dispatch.emulator_baseline(stack, size)
+    samples = {"jobs": jobs.samples, "baseline_samples": emulator.samples}
+    return [
+        Figure(
+            "dispatch_p50_ms",
+            "6. dispatch p50",
+            jobs.p50_ms,
+            "ms",
+            emulator.p50_ms,
+            "emulator publish→push",
+            20,
+            "value<=",
+            samples,
+        ),
+        Figure(
+            "dispatch_p95_ms",
+            "6. dispatch p95",
+            jobs.p95_ms,
+            "ms",
+            emulator.p95_ms,
+            "emulator publish→push",
+        ),
+    ]
+
+
+def concurrent_jobs(stack: Stack, size: Size, logs: Path) -> list[Figure]:
+    """Figure 5: many slow jobs at once on one worker: throughput, memory, connections."""
+    log("5. concurrency")
+    bare_rss = baseline.peak_rss(
+        logs,
+        threads=WORKER_THREADS,
+        connections=size.concurrent_jobs,
+        seconds=max(1.0, size.load_seconds / 2),
+    )
+    stack.users(size.users)
+    conc = concurrency.measure(stack, size, logs)
+    return [
+        Figure(
+            "concurrency_ratio",
+            f"5. {conc.jobs} concurrent {conc.sleep_seconds:g} s jobs",
+            conc.jobs_per_second,
+            "jobs/s",
+            conc.ideal_jobs_per_second,
+            "ideal",
+            0.9,
+            "ratio>=",
+            {
+                "succeeded": conc.succeeded,
+                "worker_seconds": conc.worker_seconds,
+                "start_spread_seconds": conc.start_spread_seconds,
+                "worker_threads": WORKER_THREADS,
+                "max_outstanding_pushes": MAX_OUTSTANDING_PUSHES,
+            },
+        ),
+        Figure(
+            "concurrency_peak_rss_mib",
+            "5. worker peak RSS",
+            conc.peak_rss_bytes / MIB,
+            "MiB",
+            bare_rss / MIB,
+            "bare app, same threads",
+            256,
+            "value<=",
+        ),
+        Figure(
+            "concurrency_peak_db_connections",
+            "5. worker peak DB connections",
+            conc.peak_connections,
+            "",
+            DB_POOL_SIZE,
+            "DB_POOL_SIZE",
+            5,
+            "value<=",
+            {"peak_active": conc.peak_active_connections},
+        ),
+    ]
+
+
+def cold_starts(stack: Stack, size: Size, logs: Path) -> tuple[list[Figure], dict[str, Any]]:
+    """Figure 4: cold start and import time of each entry point, against the bare app's."""
+    log("4. cold start and imports, against the bare app's")
+    stack.users(size.users)
+    cold = cold_start.measure(stack, size, logs)
+    imports = cold_start.entry_points(stack, size)
+    bare = cold["baseline"]
+    figures = [
+        Figure(
+            "api_cold_start_s",
+            "4. api cold start (first 202)",
+            cold["api"].seconds,
+            "s",
+            bare.seconds,
+            "bare first 200",
+            2.5,
+            "ratio<=",
+            {**asdict(cold["api"]), "baseline_runs": bare.runs},
+        ),
+        Figure(
+            "worker_cold_start_s",
+            "4. worker cold start (first job)",
+            cold["worker"].seconds,
+            "s",
+            bare.seconds,
+            "bare first 200",
+            3.5,
+            "ratio<=",
+            asdict(cold["worker"]),
+        ),
+    ]
+    bare_import, bare_slowest = imports["baseline"]
+    for target in ("api", "worker"):
+        seconds, slowest = imports[target]
+        figures.append(
+            Figure(
+                f"{target}_import_s",
+                f"4. import main ({target})",
+                seconds,
+                "s",
+                bare_import,
+                "import bare app",
+                details={"slowest": slowest, "baseline_slowest": bare_slowest},
+            )
+        )
+    lazy = {name: imports[name][0] for name in ("google.cloud.pubsub_v1", "openai")}
+    return figures, {"lazy_imports_s": lazy}
+
+
+def database_work(db: BenchDatabase, size: Size, logs: Path) -> list[Figure]:
+    """Figure 3: transactions, statements and round trips per job, end to end."""
+    log("3. database work per job")
+    work = db_work.measure(db, size, logs)
+    minimum = "flow minimum"  # insert, claim, finish: one statement and transaction each
+    return [
+        Figure(
+            "transactions_per_job",
+            "3. DB transactions/job",
+            work.xact_commit_per_job,
+            "",
+            3,
+            minimum,
+            4,
+            "value<=",
+            {"jobs": work.jobs, "wire_commits_per_job": work.wire_commits_per_job},
+        ),
+        Figure(
+            "statements_per_job",
+            "3. DB statements/job",
+            work.statements_per_job,
+            "",
+            3,
+            minimum,
+            details={"by_function": work.wire},
+        ),
+        Figure(
+            "round_trips_per_job",
+            "3. DB round trips/job",
+            work.round_trips_per_job,
+            "",
+            3,
+            minimum,
+        ),
+    ]
+
+
+def run(size: Size, workdir: Path) -> tuple[list[Figure], dict[str, Any]]:
+    """Every measurement, in an order where none disturbs the next."""
+    logs = workdir / "logs"
+    logs.mkdir(parents=True, exist_ok=True)
+    figures: list[Figure] = []
+    with bench_database() as db:
+        log(f"database {db.name}; starting the stack")
+        stack = start_stack(db, logs / "stack")
+        try:
+            stack.users(size.users)
+            warm_up(stack)
+            figures += throughput(stack, size, logs)
+            figures += concurrent_jobs(stack, size, logs)
+            # Pauses the worker for its baseline, as the cold starts do: both come last.
+            figures += dispatch_latency(stack, size)
+            cold, details = cold_starts(stack, size, logs)
+            figures += cold
+        finally:
+            stack.supervisor.stop()
+        # Last, on a stack of its own: its functions reach Postgres through counting proxies.
+        figures += database_work(db, size, logs / "db-work")
+    figures.sort(key=lambda f: ORDER.index(f.key))
+    details["settings"] = {
+        "api_threads": API_THREADS,
+        "worker_threads": WORKER_THREADS,
+        "db_pool_size": DB_POOL_SIZE,
+        "load_connections": size.connections,
+        "database": "BENCH_DATABASE_URL" if os.environ.get("BENCH_DATABASE_URL") else "embedded",
+    }
+    return figures, details
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Parse arguments, run the bench, print the table and write the JSON."""
+    parser = argparse.ArgumentParser(prog="python -m bench", description=__doc__)
+    parser.add_argument("--size", choices=sorted(SIZES), default="full")
+    parser.add_argument("--out", type=Path, default=DEFAULT_OUT)
+    args = parser.parse_args(argv)
+    size = SIZES[args.size]
+    started = time.monotonic()
+    load_at_start = [round(x, 2) for x in os.getloadavg()]
+    with tempfile.TemporaryDirectory(prefix="genjobs-bench-") as workdir:
+        figures, details = run(size, Path(workdir))
+    elapsed = time.monotonic() - started
+    meta = {
+        "size": size.name,
+        "seconds": round(elapsed, 1),
+        "load_average_at_start": load_at_start,
+        "details": details,
+    }
+    write(args.out, figures, meta)
+    print(table(figures))
+    print(f"\n{args.out} written; {elapsed:.0f} s ({size.name})")
+    return 0

@@ -1,0 +1,62 @@
+"""The bench runs end to end at its tiny size and writes every figure with its baseline."""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[2]
+FIGURES = {
+    "submit_rps",
+    "end_to_end_jobs_per_s",
+    "transactions_per_job",
+    "statements_per_job",
+    "round_trips_per_job",
+    "api_cold_start_s",
+    "worker_cold_start_s",
+    "api_import_s",
+    "worker_import_s",
+    "concurrency_ratio",
+    "concurrency_peak_rss_mib",
+    "concurrency_peak_db_connections",
+    "dispatch_p50_ms",
+    "dispatch_p95_ms",
+}
+
+
+@pytest.mark.e2e
+@pytest.mark.timeout(120)
+def test_tiny_bench_writes_every_figure_next_to_its_baseline(tmp_path: Path) -> None:
+    out = tmp_path / "latest.json"
+    env = dict(os.environ)
+    # On CI the tests' Postgres server also hosts the bench's throwaway database.
+    if os.environ.get("TEST_DATABASE_URL") and not os.environ.get("BENCH_DATABASE_URL"):
+        env["BENCH_DATABASE_URL"] = os.environ["TEST_DATABASE_URL"]
+    done = subprocess.run(
+        [sys.executable, "-m", "bench", "--size", "tiny", "--out", str(out)],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=110,
+        check=False,
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    document = json.loads(out.read_text())
+    figures = {figure["key"]: figure for figure in document["figures"]}
+    assert set(figures) == FIGURES
+    for key, figure in figures.items():
+        assert math.isfinite(figure["value"]) and figure["value"] >= 0, key
+        assert figure["baseline"] > 0 and figure["baseline_name"], key
+        assert figure["ratio"] == pytest.approx(figure["value"] / figure["baseline"]), key
+        assert figure["passed"] in (True, False, None), key
+    # Every submit was accepted: the bench spreads them over users below the per-user limits.
+    assert figures["submit_rps"]["details"]["api"]["errors"] == 0
+    assert document["size"] == "tiny" and document["machine"]["cpus"] >= 1
+    assert "1. submit req/s" in done.stdout
