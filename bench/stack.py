@@ -21,7 +21,7 @@ from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 from sqlalchemy import Engine, create_engine, text
 
 from bench.load import Request
-from devstack.database import prepare_database
+from devstack.database import admin_execute, prepare_database, with_database
 from devstack.dev import Ports, StackConfig, build_services
 from devstack.signing import load_or_create_key
 from devstack.supervisor import ROOT, Service, Supervisor, free_port
@@ -45,12 +45,6 @@ APP_NAME = "genjobs-bench-{}".format
 FUNCTIONS = ("api", "worker", "dead_letter", "sweeper")
 
 
-def with_database(url: str, name: str) -> str:
-    """The same server URL pointing at another database."""
-    parts = urlsplit(url)
-    return urlunsplit((parts.scheme, parts.netloc, f"/{name}", parts.query, ""))
-
-
 def with_query(url: str, **params: str) -> str:
     """The URL with query parameters added (e.g. application_name, to tell connections apart)."""
     parts = urlsplit(url)
@@ -62,17 +56,6 @@ def engine_for(url: str, **options: Any) -> Engine:
     """A SQLAlchemy engine on a libpq-style URL (pg8000, as the functions use)."""
     pg_url, connect_args = pg8000_url(url)
     return create_engine(pg_url, connect_args=connect_args, **options)
-
-
-def admin_execute(url: str, *statements: str) -> None:
-    """Run statements outside a transaction (CREATE/DROP DATABASE)."""
-    engine = engine_for(url, isolation_level="AUTOCOMMIT")
-    try:
-        with engine.connect() as conn:
-            for statement in statements:
-                conn.execute(text(statement))
-    finally:
-        engine.dispose()
 
 
 @dataclass
@@ -272,6 +255,8 @@ def spawn(service: Service, log: Path) -> subprocess.Popen[bytes]:
 
 def terminate(process: subprocess.Popen[bytes], grace: float = 5.0) -> None:
     """Stop a spawned process group."""
+    if process.poll() is not None:
+        return  # reaped: its pid (and group id) may belong to someone else by now
     with contextlib.suppress(ProcessLookupError):
         os.killpg(process.pid, signal.SIGTERM)
     try:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
+from urllib.parse import urlsplit, urlunsplit
 
 from alembic import command
 from alembic.config import Config
@@ -44,3 +45,21 @@ def prepare_database(url: str | None = None, *, apply_shim: bool = True) -> str:
     finally:
         engine.dispose()
     return url
+
+
+def with_database(url: str, name: str) -> str:
+    """The same server URL pointing at another database."""
+    parts = urlsplit(url)
+    return urlunsplit((parts.scheme, parts.netloc, f"/{name}", parts.query, ""))
+
+
+def admin_execute(url: str, *statements: str) -> None:
+    """Run statements outside a transaction (CREATE/DROP DATABASE)."""
+    pg_url, connect_args = pg8000_url(url)
+    engine = create_engine(pg_url, connect_args=connect_args, isolation_level="AUTOCOMMIT")
+    try:
+        with engine.connect() as conn:
+            for statement in statements:
+                conn.execute(text(statement))
+    finally:
+        engine.dispose()

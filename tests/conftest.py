@@ -10,11 +10,11 @@ from pathlib import Path
 from urllib.parse import urlsplit, urlunsplit
 
 import pytest
-from sqlalchemy import create_engine, text
+from sqlalchemy import text
 
-from devstack.database import prepare_database
+from devstack.database import admin_execute, prepare_database, with_database
 from devstack.dev import StackConfig
-from genjobs.db import Database, create_database, embedded_database_url, pg8000_url
+from genjobs.db import Database, create_database, embedded_database_url
 from genjobs.settings import Settings, load_settings
 from tests.stack import Stack, free_ports, running_stack
 
@@ -30,29 +30,11 @@ def server_url() -> str:
     return embedded_database_url(str(ROOT / ".local" / "test-pgdata"))
 
 
-def with_database(url: str, name: str) -> str:
-    """The same server URL pointing at another database."""
-    parts = urlsplit(url)
-    return urlunsplit((parts.scheme, parts.netloc, f"/{name}", parts.query, ""))
-
-
 def with_host_port(url: str, hostport: str) -> str:
     """The same URL through another host:port (PgBouncer)."""
     parts = urlsplit(url)
     user = parts.netloc.rsplit("@", 1)[0] + "@" if "@" in parts.netloc else ""
     return urlunsplit((parts.scheme, user + hostport, parts.path, parts.query, ""))
-
-
-def admin_execute(url: str, *statements: str) -> None:
-    """Run statements outside a transaction (CREATE/DROP DATABASE)."""
-    pg_url, args = pg8000_url(url)
-    engine = create_engine(pg_url, connect_args=args, isolation_level="AUTOCOMMIT")
-    try:
-        with engine.connect() as conn:
-            for statement in statements:
-                conn.execute(text(statement))
-    finally:
-        engine.dispose()
 
 
 @contextmanager

@@ -8,8 +8,9 @@ from alembic import command
 from alembic.config import Config
 from sqlalchemy import create_engine, inspect, text
 
+from devstack.database import admin_execute, with_database
 from genjobs.db import pg8000_url
-from tests.conftest import ROOT, SHIM, admin_execute, server_url, with_database
+from tests.conftest import ROOT, SHIM, server_url
 
 
 def test_upgrade_downgrade_upgrade_and_no_drift() -> None:
