@@ -17,6 +17,7 @@ from genjobs.dead_letter import DeadLetterHandler
 from genjobs.errors import Forbidden
 from genjobs.jobs import Job
 from genjobs.statuses import Event, Status
+from tests.integration.jobs import events, reload
 
 FIXTURES = Path(__file__).resolve().parents[1] / "fixtures"
 TOKEN = "Bearer good-push-token"
@@ -62,22 +63,6 @@ def dead_letter(job_id: uuid.UUID, delivery_count: str | None = "5") -> bytes:
     else:
         data["message"]["attributes"]["CloudPubSubDeadLetterSourceDeliveryCount"] = delivery_count
     return json.dumps(data).encode()
-
-
-def reload(db: Database, job_id: uuid.UUID) -> Job:
-    with db.transaction() as conn:
-        job = store.get_job(conn, job_id)
-    assert job is not None
-    return job
-
-
-def events(db: Database, job_id: uuid.UUID) -> list[str]:
-    with db.transaction() as conn:
-        rows = conn.execute(
-            text("SELECT event FROM generation_logs WHERE generation_id = :id ORDER BY id"),
-            {"id": job_id},
-        )
-        return [r.event for r in rows]
 
 
 def retried_once(db: Database, job: Job) -> None:

@@ -4,11 +4,10 @@ from __future__ import annotations
 
 import uuid
 
-from sqlalchemy import text
-
 from genjobs import store
 from genjobs.db import Database
 from genjobs.statuses import Event, Status
+from tests.integration.jobs import events
 
 USER = uuid.UUID("00000000-0000-4000-8000-00000000000a")
 
@@ -24,15 +23,6 @@ def new_job(key: str | None = None, user: uuid.UUID = USER) -> store.NewJob:
         trace_id=None,
         max_attempts=3,
     )
-
-
-def events(db: Database, job_id: uuid.UUID) -> list[str]:
-    with db.transaction() as conn:
-        rows = conn.execute(
-            text("SELECT event FROM generation_logs WHERE generation_id = :id ORDER BY id"),
-            {"id": job_id},
-        )
-        return [r.event for r in rows]
 
 
 def test_insert_claim_succeed_writes_one_log_row_per_event(clean_db: Database) -> None:

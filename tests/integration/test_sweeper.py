@@ -16,6 +16,7 @@ from genjobs.jobs import Job
 from genjobs.settings import Settings
 from genjobs.statuses import Status
 from genjobs.sweeper import SweepCounts, Sweeper
+from tests.integration.jobs import reload
 
 USER = uuid.UUID("00000000-0000-4000-8000-0000000000c1")
 TOKEN = "Bearer scheduler-token"
@@ -67,13 +68,6 @@ def age(db: Database, job_id: uuid.UUID, column: str, seconds: int) -> None:
             ),
             {"s": seconds, "id": job_id},
         )
-
-
-def reload(db: Database, job_id: uuid.UUID) -> Job:
-    with db.transaction() as conn:
-        job = store.get_job(conn, job_id)
-    assert job is not None
-    return job
 
 
 def test_never_published_job_is_published_after_the_grace_period(

@@ -27,6 +27,7 @@ from genjobs.statuses import Status
 from genjobs.tasks import TASKS, Task
 from genjobs.tasks.base import Message
 from genjobs.worker import Worker
+from tests.integration.jobs import events, reload
 
 FIXTURES = Path(__file__).resolve().parents[1] / "fixtures"
 TOKEN = "Bearer good-push-token"
@@ -111,22 +112,6 @@ def envelope(job_id: uuid.UUID, message_id: str = "m-1", attempt: int = 1) -> by
     data["message"]["messageId"] = data["message"]["message_id"] = message_id
     data["deliveryAttempt"] = attempt
     return json.dumps(data).encode()
-
-
-def reload(db: Database, job_id: uuid.UUID) -> Job:
-    with db.transaction() as conn:
-        job = store.get_job(conn, job_id)
-    assert job is not None
-    return job
-
-
-def events(db: Database, job_id: uuid.UUID) -> list[str]:
-    with db.transaction() as conn:
-        rows = conn.execute(
-            text("SELECT event FROM generation_logs WHERE generation_id = :id ORDER BY id"),
-            {"id": job_id},
-        )
-        return [r.event for r in rows]
 
 
 def log_count(db: Database) -> int:
