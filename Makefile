@@ -9,12 +9,14 @@ CHECKOV_STAMP := $(CHECKOV_VENV)/.installed
 
 .PHONY: run test token lint typecheck unit migrate bench clean
 
+# Installs quietly, on stderr, so `TOKEN=$$(make token)` captures only the token.
 $(STAMP): requirements.txt requirements-dev.txt pyproject.toml
-	$(PYTHON) -m venv $(VENV)
-	$(BIN)/python -m pip install --quiet --upgrade pip
-	$(BIN)/python -m pip install --quiet -r requirements-dev.txt
-	$(BIN)/python -m pip install --quiet --no-deps -e .
-	touch $@
+	@echo "installing $(VENV) (first run only)" >&2
+	@$(PYTHON) -m venv $(VENV) >&2
+	@$(BIN)/python -m pip install --quiet --upgrade pip >&2
+	@$(BIN)/python -m pip install --quiet -r requirements-dev.txt >&2
+	@$(BIN)/python -m pip install --quiet --no-deps -e . >&2
+	@touch $@
 
 $(CHECKOV_STAMP): requirements-checkov.txt
 	$(PYTHON) -m venv $(CHECKOV_VENV)
@@ -22,7 +24,7 @@ $(CHECKOV_STAMP): requirements-checkov.txt
 	$(CHECKOV_VENV)/bin/python -m pip install --quiet -r requirements-checkov.txt
 	touch $@
 
-run: $(STAMP) ## api, worker, dead_letter, Pub/Sub emulator, stub model, embedded Postgres
+run: $(STAMP) ## api, worker, dead_letter, sweeper, Pub/Sub emulator, stub model, embedded Postgres
 	$(BIN)/genjobs dev
 
 test: lint typecheck $(CHECKOV_STAMP) ## ruff, mypy, then every test (checkov over infra/ included)
