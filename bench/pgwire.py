@@ -57,9 +57,17 @@ class _ClientStream:
         self.buffer = b""
         self.startup = True
         self.pending_kind = "unknown"
+        self.awaits_reply = False
 
     def feed(self, data: bytes) -> None:
+        """Count what one read brought; pipelined messages arrive together, one round trip."""
         self.buffer += data
+        self._parse()
+        if self.awaits_reply:
+            self.awaits_reply = False
+            self.counts.add("round_trips")
+
+    def _parse(self) -> None:
         while True:
             if self.startup:
                 if len(self.buffer) < 8:
@@ -89,7 +97,7 @@ class _ClientStream:
             statement = statement_kind(body.rstrip(b"\0").decode(errors="replace"))
             self.counts.add("statements")
             self.counts.add(f"statement:{statement}")
-            self.counts.add("round_trips")
+            self.awaits_reply = True
         elif kind == b"P":  # parse: remember what the next Execute runs
             _name, _, rest = body.partition(b"\0")
             sql = rest.partition(b"\0")[0].decode(errors="replace")
@@ -98,7 +106,7 @@ class _ClientStream:
             self.counts.add("statements")
             self.counts.add(f"statement:{self.pending_kind}")
         elif kind == b"S":  # sync: the client waits for ReadyForQuery
-            self.counts.add("round_trips")
+            self.awaits_reply = True
 
 
 class CountingProxy:

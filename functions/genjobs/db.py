@@ -11,9 +11,10 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
-from sqlalchemy import Connection, Engine, create_engine
+from sqlalchemy import Connection, Engine, create_engine, event
 from sqlalchemy import exc as sa_exc
 
+from genjobs import pg_wire
 from genjobs.errors import ConfigurationError, DatabaseUnavailable
 from genjobs.settings import Settings
 
@@ -85,11 +86,16 @@ def create_database(settings: Settings) -> Database:
     # pg8000 sends COMMIT through the extended protocol (parse, describe, execute: three
     # round trips); as a simple query it is one.
     engine.dialect.do_commit = _commit  # type: ignore[method-assign]
+    event.listen(engine, "connect", _one_round_trip)
     return Database(engine)
 
 
 def _commit(dbapi_connection: Any) -> None:
     dbapi_connection.execute_simple("COMMIT")
+
+
+def _one_round_trip(dbapi_connection: Any, _record: Any) -> None:
+    pg_wire.install(dbapi_connection)
 
 
 def pg8000_url(url: str) -> tuple[str, dict[str, Any]]:

@@ -1,0 +1,141 @@
+"""pg8000 with libpq's round trips: one per statement, instead of three (and a BEGIN).
+
+pg8000 (1.31) sends Parse, then Describe, then Bind/Execute, each followed by Sync and a wait
+for the server: three round trips per statement, which on the submit path cost more CPU in
+both the function and Postgres than the SQL itself. libpq's PQexecParams pipelines Parse,
+Bind, Describe (portal), Execute and one Sync: the same messages answered in one round trip.
+With a single Sync the group is also one unit for a transaction-mode pooler (PgBouncer,
+Supavisor), which cannot hand the Bind to another server connection than the Parse. The
+BEGIN pg8000 sends on its own before a transaction's first statement travels with it.
+
+pg8000's legacy cursor also re-scans the SQL text character by character on every execute
+to turn `%s` into `$1`; the result only depends on the text, so it is cached.
+"""
+
+from __future__ import annotations
+
+import functools
+from struct import Struct
+from typing import Any
+
+import pg8000.dbapi
+import pg8000.legacy
+from pg8000 import core
+from pg8000.converters import make_params
+
+_COUNT = Struct("!h")
+_LENGTH = Struct("!i")
+_DESCRIBE_PORTAL = core._create_message(core.DESCRIBE, core.PORTAL + core.NULL_BYTE)
+_TAIL = _DESCRIBE_PORTAL + core.EXECUTE_MSG + core.SYNC_MSG
+
+
+def install(dbapi_connection: Any) -> None:
+    """Make this connection send each statement, and the BEGIN before it, in one round trip."""
+    pipeline = _Pipeline(dbapi_connection)
+    dbapi_connection.execute_unnamed = pipeline.execute_unnamed
+    dbapi_connection.execute_simple = pipeline.execute_simple
+    pg8000.legacy.convert_paramstyle = _cached_convert_paramstyle
+
+
+# What pg8000's legacy cursor sends before the first statement of a transaction.
+_IMPLICIT_BEGIN = "begin transaction"
+_BEGIN_MESSAGE = core._create_message(core.QUERY, _IMPLICIT_BEGIN.encode() + core.NULL_BYTE)
+
+
+class _Pipeline:
+    """Replaces one connection's `execute_unnamed` and `execute_simple`.
+
+    The BEGIN is held back and sent with the statement that follows it (pg8000 always sends
+    one right after): the connection already reports itself in a transaction, so a rollback
+    before that statement still sends what ends it.
+    """
+
+    def __init__(self, connection: Any) -> None:
+        self.connection = connection
+        self.begin_pending = False
+
+    def execute_simple(self, statement: str) -> Any:
+        if statement == _IMPLICIT_BEGIN and not self.begin_pending:
+            self.begin_pending = True
+            self.connection._transaction_status = core.IN_TRANSACTION
+            return core.Context(statement)
+        message = core._create_message(
+            core.QUERY, statement.encode(self.connection._client_encoding) + core.NULL_BYTE
+        )
+        return self._exchange(statement, message)
+
+    def execute_unnamed(
+        self, statement: str, vals: Any = (), oids: Any = (), stream: Any = None
+    ) -> Any:
+        connection = self.connection
+        if stream is not None:  # COPY keeps pg8000's own exchange
+            if self.begin_pending:
+                self.begin_pending = False
+                type(connection).execute_simple(connection, _IMPLICIT_BEGIN)
+            return type(connection).execute_unnamed(connection, statement, vals, oids, stream)
+        encoding = connection._client_encoding
+        parse = bytearray(core.NULL_BYTE + statement.encode(encoding) + core.NULL_BYTE)
+        parse += _COUNT.pack(len(oids))
+        for oid in oids:
+            parse += _LENGTH.pack(0 if oid == -1 else oid)
+        params = make_params(connection.py_types, vals)
+        # Unnamed portal and statement; parameters and results in text format.
+        bind = bytearray(
+            core.NULL_BYTE + core.NULL_BYTE + _COUNT.pack(0) + _COUNT.pack(len(params))
+        )
+        for value in params:
+            if value is None:
+                bind += _LENGTH.pack(-1)
+            else:
+                encoded = value.encode(encoding)
+                bind += _LENGTH.pack(len(encoded)) + encoded
+        bind += _COUNT.pack(0)
+        message = core._create_message(core.PARSE, bytes(parse))
+        message += core._create_message(core.BIND, bytes(bind)) + _TAIL
+        return self._exchange(statement, message)
+
+    def _exchange(self, statement: str, message: bytes) -> Any:
+        begun = self._send(message)
+        context = core.Context(statement)
+        try:
+            if begun is not None:
+                self.connection.handle_messages(begun)
+        finally:
+            # Read this statement's answer even if the BEGIN failed: the stream stays aligned.
+            self.connection.handle_messages(context)
+        return context
+
+    def _send(self, message: bytes) -> Any:
+        """Write (after a held-back BEGIN) and flush; the BEGIN's context if one went out."""
+        begun = None
+        if self.begin_pending:
+            self.begin_pending = False
+            message = _BEGIN_MESSAGE + message
+            begun = core.Context(_IMPLICIT_BEGIN)
+        sock = self.connection._sock
+        if sock is None:
+            raise core.InterfaceError("connection is closed")
+        try:
+            sock.write(message)
+        except ValueError as error:  # the socket file was closed under us
+            raise core.InterfaceError("connection is closed") from error
+        except OSError as error:
+            raise core.InterfaceError("network error") from error
+        core._flush(sock)
+        return begun
+
+
+_convert_paramstyle = pg8000.dbapi.convert_paramstyle
+
+
+@functools.lru_cache(maxsize=1024)
+def _format_to_numeric(query: str) -> str:
+    converted: str = _convert_paramstyle("format", query, ())[0]
+    return converted
+
+
+def _cached_convert_paramstyle(style: str, query: str, args: Any) -> tuple[str, Any]:
+    if style == "format":  # SQLAlchemy's pg8000 dialect: the values pass through unchanged
+        return _format_to_numeric(query), args
+    result: tuple[str, Any] = _convert_paramstyle(style, query, args)
+    return result
