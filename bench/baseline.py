@@ -35,11 +35,11 @@ def bare_app(
         supervisor.stop()
 
 
-def cold_start(logs: Path) -> float:
-    """Seconds from process start to the bare app's first 200."""
+def cold_start(logs: Path, target: str = "baseline") -> float:
+    """Seconds from process start to a baseline app's first 200."""
     port = free_port()
     started = time.monotonic()
-    process = spawn(baseline_service(port), logs / "baseline-cold.log")
+    process = spawn(baseline_service(port, target=target), logs / f"{target}-cold.log")
     try:
         return first_success(port, PROBE, timeout=60) - started
     finally:

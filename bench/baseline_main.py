@@ -1,8 +1,10 @@
-"""Baselines served by functions-framework: a bare handler, and one that runs one transaction."""
+"""Baselines served by functions-framework: a bare handler, one that runs one transaction, and
+cold-start floors that import what each function cannot work without before answering."""
 
 from __future__ import annotations
 
 import functools
+import importlib
 from typing import TYPE_CHECKING
 
 import functions_framework
@@ -35,3 +37,26 @@ def one_transaction(request: Request) -> tuple[str, int]:
     with _database().transaction() as conn:
         conn.execute(text("SELECT :one"), {"one": 1}).scalar_one()
     return "ok", 200
+
+
+# The libraries each function needs for its first useful answer (a 202; a finished job).
+API_LIBRARIES = ("sqlalchemy", "pg8000", "pydantic", "jwt", "google.cloud.pubsub_v1")
+WORKER_LIBRARIES = ("sqlalchemy", "pg8000", "pydantic", "openai")
+
+
+def _imported(libraries: tuple[str, ...]) -> tuple[str, int]:
+    for name in libraries:
+        importlib.import_module(name)
+    return "ok", 200
+
+
+@functions_framework.http
+def api_floor(request: Request) -> tuple[str, int]:
+    """A constant, once the api's libraries are imported: no api can start faster."""
+    return _imported(API_LIBRARIES)
+
+
+@functions_framework.http
+def worker_floor(request: Request) -> tuple[str, int]:
+    """A constant, once the worker's libraries are imported: no worker can start faster."""
+    return _imported(WORKER_LIBRARIES)

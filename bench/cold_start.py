@@ -19,6 +19,8 @@ from bench.submit import sink_env
 from devstack.supervisor import ROOT, free_port, function_service
 
 POLL_SECONDS = 0.005
+# The bare app, and the same app importing what the api or the worker needs before answering.
+BASELINES = ("baseline", "api_floor", "worker_floor")
 
 
 @dataclass(frozen=True)
@@ -37,11 +39,12 @@ def measure(stack: Stack, size: Size, logs: Path) -> dict[str, ColdStart]:
     stack.supervisor.pause("worker")
     # The arbiter is gone; its worker process may hold the socket a moment longer.
     wait_for_close(worker.port, timeout=10)
-    runs: dict[str, list[float]] = {"baseline": [], "api": [], "worker": []}
-    listening: dict[str, list[float]] = {"baseline": [], "api": [], "worker": []}
+    runs: dict[str, list[float]] = {name: [] for name in (*BASELINES, "api", "worker")}
+    listening: dict[str, list[float]] = {"api": [], "worker": []}
     try:
         for attempt in range(size.cold_starts):
-            runs["baseline"].append(baseline.cold_start(logs))
+            for target in BASELINES:
+                runs[target].append(baseline.cold_start(logs, target))
             for name, once in (("api", _api_once), ("worker", _worker_once)):
                 seconds, listen = once(stack, attempt, logs)
                 runs[name].append(seconds)
@@ -52,7 +55,7 @@ def measure(stack: Stack, size: Size, logs: Path) -> dict[str, ColdStart]:
         name: ColdStart(
             statistics.median(times),
             times,
-            statistics.median(listening[name]) if listening[name] else None,
+            statistics.median(listening[name]) if listening.get(name) else None,
         )
         for name, times in runs.items()
     }

@@ -12,7 +12,16 @@ from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
-from bench import baseline, cold_start, concurrency, db_work, dispatch, end_to_end, submit
+from bench import (
+    baseline,
+    baseline_main,
+    cold_start,
+    concurrency,
+    db_work,
+    dispatch,
+    end_to_end,
+    submit,
+)
 from bench.load import first_success
 from bench.report import Figure, table, write
 from bench.sizes import SIZES, Size
@@ -40,6 +49,8 @@ ORDER = (
     "round_trips_per_job",
     "api_cold_start_s",
     "worker_cold_start_s",
+    "api_cold_start_floor_s",
+    "worker_cold_start_floor_s",
     "api_import_s",
     "worker_import_s",
     "concurrency_ratio",
@@ -220,6 +231,22 @@ def cold_starts(stack: Stack, size: Size, logs: Path) -> tuple[list[Figure], dic
             asdict(cold["worker"]),
         ),
     ]
+    for target, libraries in (
+        ("api", baseline_main.API_LIBRARIES),
+        ("worker", baseline_main.WORKER_LIBRARIES),
+    ):
+        floor = cold[f"{target}_floor"]
+        figures.append(
+            Figure(
+                f"{target}_cold_start_floor_s",
+                f"4. {target} floor: bare + its imports",
+                floor.seconds,
+                "s",
+                bare.seconds,
+                "bare first 200",
+                details={"imports": list(libraries), "runs": floor.runs},
+            )
+        )
     bare_import, bare_slowest = imports["baseline"]
     for target in ("api", "worker"):
         seconds, slowest = imports[target]

@@ -21,31 +21,64 @@ class JobPublisher(Protocol):
 
 
 class PubSubJobPublisher:
-    """One PublisherClient per instance, created on first use (it is slow to import)."""
+    """One PublisherClient per instance, created on first use (it is slow to import).
+
+    Each submit waits for its own publish, so the client's batching (a batch object and a
+    commit thread per message) is skipped: the message goes out through the generated
+    Publish call of the same client, with a retry bounded by the publish timeout.
+    """
 
     def __init__(self, settings: Settings) -> None:
         self._project = settings.google_cloud_project
         self._topic_name = settings.jobs_topic
         self._timeout = settings.publish_timeout_seconds
-        self._client: Any = None
-        self._topic = ""
+        self._publish: Any = None
         self._lock = threading.Lock()
 
     def _ensure_client(self) -> Any:
-        if self._client is None:
+        if self._publish is None:
             with self._lock:
-                if self._client is None:
-                    from google.cloud.pubsub_v1 import PublisherClient, types
+                if self._publish is None:
+                    self._publish = self._connect()
+        return self._publish
 
-                    # Each submit waits for its own publish: batching would only add latency.
-                    client = PublisherClient(batch_settings=types.BatchSettings(max_messages=1))
-                    self._topic = client.topic_path(self._project, self._topic_name)
-                    self._client = client
-        return self._client
+    def _connect(self) -> Any:
+        from google.api_core import exceptions, retry
+        from google.cloud.pubsub_v1 import PublisherClient
+        from google.pubsub_v1 import PubsubMessage
+        from google.pubsub_v1.services.publisher.client import PublisherClient as Generated
+
+        client = PublisherClient()  # reads PUBSUB_EMULATOR_HOST, as every client here does
+        topic = client.topic_path(self._project, self._topic_name)
+        # Pub/Sub's own list of retryable publish errors, within this submit's time budget.
+        bounded = retry.Retry(
+            predicate=retry.if_exception_type(
+                exceptions.Aborted,
+                exceptions.Cancelled,
+                exceptions.DeadlineExceeded,
+                exceptions.InternalServerError,
+                exceptions.ResourceExhausted,
+                exceptions.ServiceUnavailable,
+                exceptions.Unknown,
+            ),
+            initial=0.05,
+            maximum=1.0,
+            timeout=self._timeout,
+        )
+
+        def publish(data: bytes, attributes: dict[str, str]) -> str:
+            response = Generated.publish(
+                client,
+                topic=topic,
+                messages=[PubsubMessage(data=data, attributes=attributes)],
+                retry=bounded,
+                timeout=self._timeout,
+            )
+            message_id: str = response.message_ids[0]
+            return message_id
+
+        return publish
 
     def publish(self, job_id: uuid.UUID, attributes: dict[str, str]) -> str:
         """Publish the job id as the message data; the database stays the source of truth."""
-        client = self._ensure_client()
-        future = client.publish(self._topic, str(job_id).encode(), **attributes)
-        message_id: str = future.result(timeout=self._timeout)
-        return message_id
+        return self._ensure_client()(str(job_id).encode(), attributes)  # type: ignore[no-any-return]

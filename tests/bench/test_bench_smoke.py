@@ -20,6 +20,8 @@ FIGURES = {
     "round_trips_per_job",
     "api_cold_start_s",
     "worker_cold_start_s",
+    "api_cold_start_floor_s",
+    "worker_cold_start_floor_s",
     "api_import_s",
     "worker_import_s",
     "concurrency_ratio",
