@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
-import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 
 import jwt
 
 from genjobs.auth.jwks import JwksCache, bearer_token, rejection, signing_key, unverified_header
+from genjobs.auth.verified import VerifiedTokens
 from genjobs.errors import ConfigurationError, Forbidden, Unauthenticated
 
 MAX_CACHED_TOKENS = 64
@@ -51,15 +51,15 @@ class ServiceTokenVerifier:
             raise ConfigurationError("no token issuer is accepted")
         self._jwks = jwks or JwksCache(certs_url)
         # Pub/Sub reuses a token for many pushes: one RS256 check per token until it expires.
-        self._verified: dict[str, tuple[ServiceIdentity, float]] = {}
+        self._verified: VerifiedTokens[ServiceIdentity] = VerifiedTokens(MAX_CACHED_TOKENS)
         self._leeway = leeway_seconds
 
     def verify(self, authorization_header: str | None) -> ServiceIdentity:
         """The caller's identity; Unauthenticated (401) or Forbidden (403) otherwise."""
         token = bearer_token(authorization_header, realm=REALM)
         cached = self._verified.get(token)
-        if cached is not None and cached[1] > time.time():
-            return cached[0]
+        if cached is not None:
+            return cached
         header = unverified_header(token, realm=REALM)
         if header.get("alg") != "RS256":
             raise Unauthenticated("token algorithm is not allowed (RS256 only)", realm=REALM)
@@ -83,7 +83,5 @@ class ServiceTokenVerifier:
         if claims.get("email_verified") not in (True, "true"):
             raise Forbidden("the service account email is not verified")
         identity = ServiceIdentity(email=email, subject=claims["sub"])
-        if len(self._verified) >= MAX_CACHED_TOKENS:
-            self._verified.clear()
-        self._verified[token] = (identity, float(claims["exp"]))
+        self._verified.put(token, identity, float(claims["exp"]))
         return identity

@@ -17,6 +17,7 @@ from genjobs.auth.jwks import (
     signing_key,
     unverified_header,
 )
+from genjobs.auth.verified import VerifiedTokens
 from genjobs.errors import ConfigurationError, Forbidden, Unauthenticated
 
 REALM = "genjobs"
@@ -26,6 +27,8 @@ API_KEY_ROLES = frozenset({"anon", "service_role"})
 ASYMMETRIC_ALGORITHMS = frozenset({"ES256", "RS256"})
 # Supabase refuses shorter JWT secrets; HS256 wants at least its 32-byte digest size.
 MIN_SECRET_BYTES = 32
+# Browsers send the same access token with every call until it is refreshed (about hourly).
+MAX_CACHED_TOKENS = 4096
 
 
 class AnonymousUserRefused(Forbidden):
@@ -71,10 +74,14 @@ class UserTokenVerifier:
         self._jwks = jwks
         self._jwks_lock = threading.Lock()
         self._leeway = leeway_seconds
+        self._verified: VerifiedTokens[User] = VerifiedTokens(MAX_CACHED_TOKENS)
 
     def verify(self, authorization_header: str | None) -> User:
         """The User behind the header; Unauthenticated (401) or Forbidden (403) otherwise."""
         token = bearer_token(authorization_header, realm=REALM)
+        cached = self._verified.get(token)
+        if cached is not None:
+            return cached
         header = unverified_header(token, realm=REALM)
         alg = header.get("alg")
         key: jwt.PyJWK | str
@@ -97,7 +104,9 @@ class UserTokenVerifier:
             )
         except jwt.PyJWTError as exc:
             raise rejection(exc, realm=REALM) from None
-        return self._user(claims)
+        user = self._user(claims)
+        self._verified.put(token, user, float(claims["exp"]))
+        return user
 
     def _key_set(self) -> JwksCache:
         """The project's JWKS, built on the first asymmetric token."""
