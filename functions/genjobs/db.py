@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import ssl
+import time
 import warnings
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -83,19 +84,38 @@ def create_database(settings: Settings) -> Database:
     else:
         raise ConfigurationError("no database configured: set DATABASE_URL or CLOUD_SQL_INSTANCE")
     engine = create_engine(url, **options)
-    # pg8000 sends COMMIT through the extended protocol (parse, describe, execute: three
-    # round trips); as a simple query it is one.
-    engine.dialect.do_commit = _commit  # type: ignore[method-assign]
     event.listen(engine, "connect", _one_round_trip)
+    event.listen(engine, "checkin", _note_return)
+    ping = _pinger(engine.dialect.do_ping)
+    engine.dialect.do_ping = ping  # type: ignore[method-assign, assignment]
     return Database(engine)
-
-
-def _commit(dbapi_connection: Any) -> None:
-    dbapi_connection.execute_simple("COMMIT")
 
 
 def _one_round_trip(dbapi_connection: Any, _record: Any) -> None:
     pg_wire.install(dbapi_connection)
+
+
+# A connection back in the pool within this long is trusted without the pre-ping: under load
+# each checkout would otherwise cost a round trip. One idle longer (a pooler's idle timeout, a
+# restart while quiet) is pinged, and replaced if dead. A restart inside the window fails one
+# transaction per pooled connection (503, or a nack), and that failure recycles the pool.
+PING_AFTER_IDLE_SECONDS = 1.0
+_RETURNED_AT = "_genjobs_returned_at"
+
+
+def _note_return(dbapi_connection: Any, _record: Any) -> None:
+    if dbapi_connection is not None:  # None: invalidated on its way back
+        setattr(dbapi_connection, _RETURNED_AT, time.monotonic())
+
+
+def _pinger(ping: Callable[[Any], bool]) -> Callable[[Any], bool]:
+    def ping_if_idle(dbapi_connection: Any) -> bool:
+        returned_at = getattr(dbapi_connection, _RETURNED_AT, None)
+        if returned_at is not None and time.monotonic() - returned_at < PING_AFTER_IDLE_SECONDS:
+            return True
+        return ping(dbapi_connection)
+
+    return ping_if_idle
 
 
 def pg8000_url(url: str) -> tuple[str, dict[str, Any]]:

@@ -11,6 +11,8 @@ from sqlalchemy import exc as sa_exc
 from sqlalchemy import text
 
 from bench.pgwire import CountingProxy
+from devstack.database import admin_execute
+from genjobs import db
 from genjobs.db import Database, create_database
 from genjobs.settings import load_settings
 
@@ -38,9 +40,33 @@ def test_a_parameterised_statement_is_one_round_trip(
         conn.execute(text("SELECT CAST(:a AS int) + 1"), {"a": 1})
         conn.execute(text("SELECT CAST(:b AS text)"), {"b": "x"})
     counts = proxy.counts.snapshot()
-    # BEGIN with the pool's ping, two statements, COMMIT: one round trip each.
-    assert counts["round_trips"] == 4, counts
+    # BEGIN with the first statement, the second, COMMIT; a connection just returned to the
+    # pool is not pinged.
+    assert counts["round_trips"] == 3, counts
     assert counts["statement:begin"] == 1, counts
+    assert "statement:empty" not in counts, counts
+
+
+def test_a_connection_idle_past_the_window_is_pinged_and_replaced_if_dead(
+    counted: tuple[Database, CountingProxy],
+    app_database_url: str,
+    database_url: str,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    database, proxy = counted
+    backend_pid = text("SELECT pg_backend_pid()")
+    with database.transaction() as conn:
+        first_pid = conn.execute(backend_pid).scalar_one()
+    monkeypatch.setattr(db, "PING_AFTER_IDLE_SECONDS", 0.0)
+    proxy.counts.reset()
+    with database.transaction() as conn:
+        conn.execute(backend_pid)
+    assert proxy.counts.snapshot()["statement:empty"] == 1  # the ping
+    if app_database_url == database_url:  # direct: one pooled connection is one backend
+        # Killed while idle in the pool: the ping finds out and the pool opens another.
+        admin_execute(database_url, f"SELECT pg_terminate_backend({first_pid})")
+        with database.transaction() as conn:
+            assert conn.execute(backend_pid).scalar_one() != first_pid
 
 
 def test_values_and_nulls_come_back_typed(counted: tuple[Database, CountingProxy]) -> None:
