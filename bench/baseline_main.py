@@ -41,7 +41,7 @@ def one_transaction(request: Request) -> tuple[str, int]:
 
 # The libraries each function needs for its first useful answer (a 202; a finished job).
 API_LIBRARIES = ("sqlalchemy", "pg8000", "pydantic", "jwt", "google.cloud.pubsub_v1")
-WORKER_LIBRARIES = ("sqlalchemy", "pg8000", "pydantic", "openai")
+WORKER_LIBRARIES = ("sqlalchemy", "pg8000", "pydantic", "jwt", "openai")
 
 
 def _imported(libraries: tuple[str, ...]) -> tuple[str, int]:
