@@ -5,7 +5,8 @@ from __future__ import annotations
 import logging
 import threading
 import uuid
-from typing import Any, Protocol
+from collections.abc import Callable
+from typing import Protocol
 
 from genjobs.settings import Settings
 
@@ -32,17 +33,17 @@ class PubSubJobPublisher:
         self._project = settings.google_cloud_project
         self._topic_name = settings.jobs_topic
         self._timeout = settings.publish_timeout_seconds
-        self._publish: Any = None
+        self._publish: Callable[[bytes, dict[str, str]], str] | None = None
         self._lock = threading.Lock()
 
-    def _ensure_client(self) -> Any:
+    def _ensure_client(self) -> Callable[[bytes, dict[str, str]], str]:
         if self._publish is None:
             with self._lock:
                 if self._publish is None:
                     self._publish = self._connect()
         return self._publish
 
-    def _connect(self) -> Any:
+    def _connect(self) -> Callable[[bytes, dict[str, str]], str]:
         from google.api_core import exceptions, retry
         from google.cloud.pubsub_v1 import PublisherClient
         from google.pubsub_v1 import PubsubMessage
@@ -81,4 +82,4 @@ class PubSubJobPublisher:
 
     def publish(self, job_id: uuid.UUID, attributes: dict[str, str]) -> str:
         """Publish the job id as the message data; the database stays the source of truth."""
-        return self._ensure_client()(str(job_id).encode(), attributes)  # type: ignore[no-any-return]
+        return self._ensure_client()(str(job_id).encode(), attributes)
