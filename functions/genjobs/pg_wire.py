@@ -34,6 +34,7 @@ def install(dbapi_connection: Any) -> None:
     pipeline = _Pipeline(dbapi_connection)
     dbapi_connection.execute_unnamed = pipeline.execute_unnamed
     dbapi_connection.execute_simple = pipeline.execute_simple
+    # Process-wide and the same on every call: one conversion cache serves all connections.
     pg8000.legacy.convert_paramstyle = _cached_convert_paramstyle
 
 
