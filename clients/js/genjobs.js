@@ -319,7 +319,7 @@ export function createClient({
    */
   async function connect(path, handlers, state, signal) {
     /** @type {Record<string, string>} */
-    const extra = { Accept: "text/event-stream", "Cache-Control": "no-cache" };
+    const extra = { Accept: "text/event-stream" }; // safelisted: CORS needs only Last-Event-ID
     if (state.lastEventId) extra["Last-Event-ID"] = state.lastEventId;
     const sent = await headers(extra);
     const { controller, release } = linkedController(signal);
@@ -345,7 +345,12 @@ export function createClient({
     }).resumeFrom(state.lastEventId);
     try {
       touch();
-      const response = await fetchImpl(root + path, { headers: sent, signal: controller.signal });
+      // cache "no-store": the browser adds Cache-Control itself, no preflight header needed.
+      const response = await fetchImpl(root + path, {
+        headers: sent,
+        cache: "no-store",
+        signal: controller.signal,
+      });
       if (!response.ok) {
         const error = await errorFrom(response);
         if (!RETRYABLE_STATUS.has(response.status)) throw error;

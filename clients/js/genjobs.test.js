@@ -267,6 +267,7 @@ test("generate: submit then follow assembles the deltas and resolves the final j
     assert.equal(get.url, `/v1/generations/${JOB_ID}/events`);
     assert.equal(get.headers.accept, "text/event-stream");
     assert.equal(get.headers["last-event-id"], undefined);
+    assert.equal(get.headers["cache-control"], "no-cache", "from cache: no-store");
     assert.equal(api.requests.length, 2, "heartbeats and retry: never cause a reconnect");
   });
 });
