@@ -170,24 +170,27 @@ class ThrowawayPostgres:
             shutil.chown(self.root, self._user, self._user)
             for path in self.root.iterdir():
                 shutil.chown(path, self._user, self._user)
-        self._run("initdb", "-D", str(self.data), "-U", "postgres", "-A", "trust", "--no-sync")
         log = self.root / "server.log"
         try:
+            self._run("initdb", "-D", str(self.data), "-U", "postgres", "-A", "trust", "--no-sync")
             self._run(
                 "pg_ctl", "-D", str(self.data), "-l", str(log), "-w", "-t", "30",
                 "-o", " ".join(options), "start",
             )  # fmt: skip
         except subprocess.CalledProcessError as error:
-            detail = log.read_text() if log.exists() else ""
+            detail = (error.stderr or b"").decode(errors="replace")
+            detail += log.read_text(errors="replace") if log.exists() else ""
             self.stop()
             raise RuntimeError(f"throwaway Postgres did not start:\n{detail}") from error
         return self
 
     def stop(self) -> None:
         """Stop at once (nothing here is worth a checkpoint) and delete everything."""
-        if (self.data / "postmaster.pid").exists():
-            self._run("pg_ctl", "-D", str(self.data), "-m", "immediate", "-w", "stop")
-        shutil.rmtree(self.root, ignore_errors=True)
+        try:
+            if (self.data / "postmaster.pid").exists():
+                self._run("pg_ctl", "-D", str(self.data), "-m", "immediate", "-w", "stop")
+        finally:
+            shutil.rmtree(self.root, ignore_errors=True)
 
     def _run(self, program: str, *args: str) -> None:
         subprocess.run(
