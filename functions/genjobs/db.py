@@ -68,7 +68,7 @@ def create_database(settings: Settings) -> Database:
     if settings.database_url is not None:
         url, connect_args = pg8000_url(settings.database_url.reveal())
     elif settings.cloud_sql_instance:
-        return database_from_creator(_cloud_sql_creator(settings), settings)
+        return database_from_creator(cloud_sql_creator(settings), settings)
     elif settings.is_local:
         url, connect_args = pg8000_url(embedded_database_url(settings.embedded_pg_dir))
     else:
@@ -171,12 +171,14 @@ def embedded_database_url(data_dir: str) -> str:
     return uri
 
 
-def _cloud_sql_creator(settings: Settings) -> Callable[[], Any]:
-    # Imported here: only Cloud SQL deployments pay for the connector at cold start.
-    from google.cloud.sql.connector import Connector
+def cloud_sql_creator(settings: Settings, connector: Any = None) -> Callable[[], Any]:
+    """Connections through the Cloud SQL connector (a test may pass one of its own)."""
+    if connector is None:
+        # Imported here: only Cloud SQL deployments pay for the connector at cold start.
+        from google.cloud.sql.connector import Connector
 
+        connector = Connector(refresh_strategy="lazy")
     instance = settings.cloud_sql_instance or ""
-    connector = Connector(refresh_strategy="lazy")
     password = settings.db_password.reveal() if settings.db_password else None
 
     def connect() -> Any:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import select
 import socket
+import ssl
 import threading
 from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
@@ -30,15 +31,21 @@ class _Pair:
 
 
 class TcpRelay:
-    """Listens on 127.0.0.1 and relays each connection to the Postgres of `upstream_url`."""
+    """Listens on 127.0.0.1 and relays each connection to the Postgres of `upstream_url`.
 
-    def __init__(self, upstream_url: str) -> None:
+    With `tls`, the relay ends a TLS connection first, as Cloud SQL's server-side proxy does.
+    """
+
+    def __init__(
+        self, upstream_url: str, *, port: int = 0, tls: ssl.SSLContext | None = None
+    ) -> None:
         parts = urlsplit(upstream_url)
         self._upstream_url = upstream_url
         socket_dir = dict(parse_qsl(parts.query)).get("host", "")
         self._unix_path = f"{socket_dir}/.s.PGSQL.{parts.port or 5432}" if socket_dir else None
         self._address = (parts.hostname or "127.0.0.1", parts.port or 5432)
-        self._listener = socket.create_server(("127.0.0.1", 0))
+        self._listener = socket.create_server(("127.0.0.1", port))
+        self._tls = tls
         self.port: int = self._listener.getsockname()[1]
         self._pairs: list[_Pair] = []
         self._lock = threading.Lock()
@@ -72,6 +79,8 @@ class TcpRelay:
     def stop(self) -> None:
         """Close the listener and every relayed connection."""
         with contextlib.suppress(OSError):
+            self._listener.shutdown(socket.SHUT_RDWR)  # wakes the accept: the port is free now
+        with contextlib.suppress(OSError):
             self._listener.close()
         self.cut()
 
@@ -88,6 +97,14 @@ class TcpRelay:
                 client, _ = self._listener.accept()
             except OSError:
                 return  # stopped
+            if self._tls is not None:
+                try:
+                    client.settimeout(10)
+                    client = self._tls.wrap_socket(client, server_side=True)
+                    client.settimeout(None)
+                except (OSError, ssl.SSLError):
+                    client.close()
+                    continue
             pair = _Pair(client, self._upstream())
             with self._lock:
                 self._pairs.append(pair)
@@ -100,7 +117,9 @@ class TcpRelay:
                 if pair.stalled.is_set():  # read nothing, send nothing: the client waits
                     pair.closed.wait(0.05)
                     continue
-                readable, _, _ = select.select(list(ends), [], [], 0.05)
+                # TLS may hold decrypted bytes that select() cannot see.
+                buffered = [s for s in ends if isinstance(s, ssl.SSLSocket) and s.pending()]
+                readable = buffered or select.select(list(ends), [], [], 0.05)[0]
                 for source in readable:
                     data = source.recv(_CHUNK)
                     if not data:

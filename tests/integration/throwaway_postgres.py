@@ -2,21 +2,15 @@
 
 from __future__ import annotations
 
-import datetime
 import os
 import pwd
 import shutil
 import subprocess
 import tempfile
-from dataclasses import dataclass
 from pathlib import Path
 
-from cryptography import x509
-from cryptography.hazmat.primitives import hashes, serialization
-from cryptography.hazmat.primitives.asymmetric import ec
-from cryptography.x509.oid import NameOID
-
 from devstack.supervisor import free_port
+from tests.integration.certificates import ClusterCertificates, write_certificates
 
 
 def postgres_bin_dir() -> Path | None:
@@ -36,93 +30,6 @@ def postgres_bin_dir() -> Path | None:
         if (path / "initdb").exists() and (path / "pg_ctl").exists():
             return path
     return None
-
-
-@dataclass(frozen=True)
-class ClusterCertificates:
-    """A CA, a server certificate it signed (for `localhost` only), and an unrelated CA."""
-
-    ca: Path
-    other_ca: Path
-    server_cert: Path
-    server_key: Path
-
-
-def _name(common_name: str) -> x509.Name:
-    return x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, common_name)])
-
-
-def _self_signed_ca(common_name: str) -> tuple[ec.EllipticCurvePrivateKey, x509.Certificate]:
-    key = ec.generate_private_key(ec.SECP256R1())
-    now = datetime.datetime.now(datetime.UTC)
-    cert = (
-        x509.CertificateBuilder()
-        .subject_name(_name(common_name))
-        .issuer_name(_name(common_name))
-        .public_key(key.public_key())
-        .serial_number(x509.random_serial_number())
-        .not_valid_before(now - datetime.timedelta(minutes=5))
-        .not_valid_after(now + datetime.timedelta(days=1))
-        .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
-        .add_extension(
-            x509.KeyUsage(
-                digital_signature=True,
-                content_commitment=False,
-                key_encipherment=False,
-                data_encipherment=False,
-                key_agreement=False,
-                key_cert_sign=True,
-                crl_sign=True,
-                encipher_only=False,
-                decipher_only=False,
-            ),
-            critical=True,
-        )
-        .add_extension(x509.SubjectKeyIdentifier.from_public_key(key.public_key()), critical=False)
-        .sign(key, hashes.SHA256())
-    )
-    return key, cert
-
-
-def write_certificates(folder: Path) -> ClusterCertificates:
-    """A test CA and a server certificate naming `localhost` (deliberately not 127.0.0.1)."""
-    ca_key, ca_cert = _self_signed_ca("genjobs test CA")
-    _, other_cert = _self_signed_ca("genjobs unrelated CA")
-    server_key = ec.generate_private_key(ec.SECP256R1())
-    now = datetime.datetime.now(datetime.UTC)
-    server_cert = (
-        x509.CertificateBuilder()
-        .subject_name(_name("localhost"))
-        .issuer_name(ca_cert.subject)
-        .public_key(server_key.public_key())
-        .serial_number(x509.random_serial_number())
-        .not_valid_before(now - datetime.timedelta(minutes=5))
-        .not_valid_after(now + datetime.timedelta(days=1))
-        .add_extension(x509.SubjectAlternativeName([x509.DNSName("localhost")]), critical=False)
-        .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
-        .add_extension(
-            x509.AuthorityKeyIdentifier.from_issuer_public_key(ca_key.public_key()),
-            critical=False,
-        )
-        .sign(ca_key, hashes.SHA256())
-    )
-    pem = serialization.Encoding.PEM
-    paths = ClusterCertificates(
-        ca=folder / "ca.crt",
-        other_ca=folder / "other-ca.crt",
-        server_cert=folder / "server.crt",
-        server_key=folder / "server.key",
-    )
-    paths.ca.write_bytes(ca_cert.public_bytes(pem))
-    paths.other_ca.write_bytes(other_cert.public_bytes(pem))
-    paths.server_cert.write_bytes(server_cert.public_bytes(pem))
-    paths.server_key.write_bytes(
-        server_key.private_bytes(
-            pem, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
-        )
-    )
-    paths.server_key.chmod(0o600)  # Postgres refuses a key others can read
-    return paths
 
 
 class ThrowawayPostgres:
