@@ -1,8 +1,9 @@
 """Cloud SQL on loopback, for the real connector: its Admin API and its TLS server-side proxy.
 
 The Admin API answers the two calls the connector makes (connectSettings, generateEphemeralCert)
-in Google's JSON; the proxy on port 3307 (fixed in the connector) ends the connector's TLS and
-relays to a real Postgres through a TcpRelay, which can then go silent or cut.
+in Google's JSON; the proxy ends the connector's TLS and relays to a real Postgres through a
+TcpRelay, which can then go silent or cut. The connector always dials port 3307: `dial_here`
+points it at the proxy's free port instead, so parallel runs never collide.
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
+import pytest
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
 from google.oauth2.credentials import Credentials
@@ -23,7 +25,6 @@ from google.oauth2.credentials import Credentials
 from tests.integration.certificates import PEM, issue, self_signed_ca
 from tests.integration.tcp_relay import TcpRelay
 
-SERVER_PROXY_PORT = 3307  # google.cloud.sql.connector.connector.SERVER_PROXY_PORT
 REGION = "test-region"
 
 
@@ -46,7 +47,7 @@ class FakeCloudSql:
                 )
             )
             tls.load_cert_chain(cert_file, key_file)
-        self.proxy = TcpRelay(upstream_url, port=SERVER_PROXY_PORT, tls=tls)
+        self.proxy = TcpRelay(upstream_url, tls=tls)
         self._api = ThreadingHTTPServer(("127.0.0.1", 0), _handler(self))
         self.api_endpoint = f"http://127.0.0.1:{self._api.server_address[1]}"
         self.ephemeral_certs_issued = 0
@@ -62,6 +63,12 @@ class FakeCloudSql:
         self._api.shutdown()
         self._api.server_close()
         self.proxy.stop()
+
+    def dial_here(self, monkeypatch: pytest.MonkeyPatch) -> None:
+        """Make the connector dial this proxy's port instead of Cloud SQL's 3307."""
+        from google.cloud.sql.connector import connector
+
+        monkeypatch.setattr(connector, "SERVER_PROXY_PORT", self.proxy.port)
 
     def connector(self) -> Any:
         """A real Connector pointed at this fake, with a token that needs no refresh."""

@@ -36,15 +36,13 @@ class TcpRelay:
     With `tls`, the relay ends a TLS connection first, as Cloud SQL's server-side proxy does.
     """
 
-    def __init__(
-        self, upstream_url: str, *, port: int = 0, tls: ssl.SSLContext | None = None
-    ) -> None:
+    def __init__(self, upstream_url: str, *, tls: ssl.SSLContext | None = None) -> None:
         parts = urlsplit(upstream_url)
         self._upstream_url = upstream_url
         socket_dir = dict(parse_qsl(parts.query)).get("host", "")
         self._unix_path = f"{socket_dir}/.s.PGSQL.{parts.port or 5432}" if socket_dir else None
         self._address = (parts.hostname or "127.0.0.1", parts.port or 5432)
-        self._listener = socket.create_server(("127.0.0.1", port))
+        self._listener = socket.create_server(("127.0.0.1", 0))
         self._tls = tls
         self.port: int = self._listener.getsockname()[1]
         self._pairs: list[_Pair] = []

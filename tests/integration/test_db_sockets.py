@@ -8,7 +8,6 @@ connector through `cloud_sql_creator`, against a loopback Admin API and a TLS se
 
 from __future__ import annotations
 
-import os
 import socket
 import time
 from collections.abc import Callable, Iterator
@@ -24,7 +23,7 @@ from genjobs.db_transport import KEEPALIVE_COUNT, KEEPALIVE_IDLE_SECONDS
 from genjobs.errors import DatabaseUnavailable
 from genjobs.settings import load_settings
 from tests.conftest import server_url
-from tests.integration.fake_cloud_sql import SERVER_PROXY_PORT, FakeCloudSql
+from tests.integration.fake_cloud_sql import FakeCloudSql
 from tests.integration.tcp_relay import TcpRelay
 
 TIMEOUT_SECONDS = 1.0
@@ -49,19 +48,9 @@ def connector_style_creator(url: str, opened: list[socket.socket]) -> Callable[[
     return create
 
 
-def _fake_cloud_sql() -> FakeCloudSql:
-    try:
-        return FakeCloudSql(server_url()).start()
-    except OSError as error:  # the connector only ever dials port 3307
-        message = f"port {SERVER_PROXY_PORT} is taken ({error}): the Cloud SQL variant needs it"
-        if os.environ.get("CI"):
-            pytest.fail(message)
-        pytest.skip(f"Cloud SQL connector variant NOT run: {message}")
-
-
 @pytest.fixture(params=["pg8000", "socket_handed_over", "cloud_sql_connector"])
 def through_relay(
-    request: pytest.FixtureRequest,
+    request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch
 ) -> Iterator[tuple[Database, TcpRelay, list[socket.socket]]]:
     """The project's Database (one pooled connection) through a relay, opened each way."""
     environment = {
@@ -71,7 +60,8 @@ def through_relay(
     }
     opened: list[socket.socket] = []
     if request.param == "cloud_sql_connector":
-        cloud_sql = _fake_cloud_sql()
+        cloud_sql = FakeCloudSql(server_url()).start()
+        cloud_sql.dial_here(monkeypatch)
         connector = cloud_sql.connector()
         settings = load_settings("cli", {**environment, "CLOUD_SQL_INSTANCE": cloud_sql.instance})
         database = database_from_creator(cloud_sql_creator(settings, connector), settings)
