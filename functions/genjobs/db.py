@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import logging
-import ssl
 import time
 import warnings
 from collections.abc import Callable, Iterator
@@ -16,6 +15,7 @@ from sqlalchemy import Connection, Engine, create_engine, event
 from sqlalchemy import exc as sa_exc
 
 from genjobs import pg_wire
+from genjobs.db_transport import harden_socket, tls_connect_args
 from genjobs.errors import ConfigurationError, DatabaseUnavailable
 from genjobs.settings import Settings
 
@@ -65,34 +65,44 @@ def is_unavailable(error: sa_exc.DBAPIError) -> bool:
 
 def create_database(settings: Settings) -> Database:
     """The engine for DATABASE_URL, a Cloud SQL instance, or (locally) embedded Postgres."""
-    options: dict[str, Any] = {
-        "pool_size": settings.db_pool_size,
-        "max_overflow": 0,
-        "pool_timeout": settings.db_pool_timeout_seconds,
-        "pool_pre_ping": True,
-        "pool_recycle": 300,
-    }
     if settings.database_url is not None:
         url, connect_args = pg8000_url(settings.database_url.reveal())
-        options["connect_args"] = {**connect_args, "timeout": settings.db_socket_timeout_seconds}
     elif settings.cloud_sql_instance:
-        url = "postgresql+pg8000://"
-        options["creator"] = _cloud_sql_creator(settings)
+        return database_from_creator(cloud_sql_creator(settings), settings)
     elif settings.is_local:
         url, connect_args = pg8000_url(embedded_database_url(settings.embedded_pg_dir))
-        options["connect_args"] = {**connect_args, "timeout": settings.db_socket_timeout_seconds}
     else:
         raise ConfigurationError("no database configured: set DATABASE_URL or CLOUD_SQL_INSTANCE")
-    engine = create_engine(url, **options)
-    event.listen(engine, "connect", _one_round_trip)
+    connect_args["timeout"] = settings.db_socket_timeout_seconds
+    return _database(url, settings, connect_args=connect_args)
+
+
+def database_from_creator(creator: Callable[[], Any], settings: Settings) -> Database:
+    """The engine over connections something else opens (the Cloud SQL connector's sockets)."""
+    return _database("postgresql+pg8000://", settings, creator=creator)
+
+
+def _database(url: str, settings: Settings, **connect: Any) -> Database:
+    engine = create_engine(
+        url,
+        pool_size=settings.db_pool_size,
+        max_overflow=0,
+        pool_timeout=settings.db_pool_timeout_seconds,
+        pool_pre_ping=True,
+        pool_recycle=300,
+        **connect,
+    )
+    timeout = settings.db_socket_timeout_seconds
+
+    def on_connect(dbapi_connection: Any, _record: Any) -> None:
+        harden_socket(dbapi_connection, timeout)
+        pg_wire.install(dbapi_connection)
+
+    event.listen(engine, "connect", on_connect)
     event.listen(engine, "checkin", _note_return)
     ping = _pinger(engine.dialect.do_ping)
     engine.dialect.do_ping = ping  # type: ignore[method-assign, assignment]
     return Database(engine)
-
-
-def _one_round_trip(dbapi_connection: Any, _record: Any) -> None:
-    pg_wire.install(dbapi_connection)
 
 
 # A connection back in the pool within this long is trusted without the pre-ping: under load
@@ -125,19 +135,17 @@ def pg8000_url(url: str) -> tuple[str, dict[str, Any]]:
     if scheme not in {"postgres", "postgresql"}:
         raise ConfigurationError("DATABASE_URL must be a postgres:// or postgresql:// URL")
     query = dict(parse_qsl(parts.query))
-    sslmode = query.pop("sslmode", "prefer" if parts.hostname not in _LOCAL_HOSTS else "disable")
-    connect_args: dict[str, Any] = {}
-    if sslmode in {"require", "prefer"} and parts.hostname not in _LOCAL_HOSTS:
-        # libpq's `require`: encrypted, certificate not verified (Supabase's pooler default).
-        context = ssl.create_default_context()
-        context.check_hostname = False
-        context.verify_mode = ssl.CERT_NONE
-        connect_args["ssl_context"] = context
-    elif sslmode in {"verify-ca", "verify-full"}:
-        connect_args["ssl_context"] = ssl.create_default_context()
+    # libpq's default is prefer; to loopback, where TLS buys nothing, we skip the SSLRequest.
+    sslmode = query.pop("sslmode", "disable" if parts.hostname in _LOCAL_HOSTS else "prefer")
+    sslrootcert = query.pop("sslrootcert", None)
     if "host" in query and query["host"].startswith("/"):
-        # libpq's socket directory form, as printed by pgserver.
-        connect_args["unix_sock"] = f"{query.pop('host')}/.s.PGSQL.{parts.port or 5432}"
+        # libpq's socket directory form, as printed by pgserver. As in libpq, a Unix socket
+        # never carries TLS, whatever sslmode says.
+        socket_path = f"{query.pop('host')}/.s.PGSQL.{parts.port or 5432}"
+        tls_connect_args(sslmode, sslrootcert)  # still reject a misspelt mode
+        connect_args: dict[str, Any] = {"unix_sock": socket_path, "ssl_context": False}
+    else:
+        connect_args = tls_connect_args(sslmode, sslrootcert)
     rebuilt = urlunsplit(("postgresql+pg8000", parts.netloc, parts.path, urlencode(query), ""))
     return rebuilt, connect_args
 
@@ -163,12 +171,14 @@ def embedded_database_url(data_dir: str) -> str:
     return uri
 
 
-def _cloud_sql_creator(settings: Settings) -> Callable[[], Any]:
-    # Imported here: only Cloud SQL deployments pay for the connector at cold start.
-    from google.cloud.sql.connector import Connector
+def cloud_sql_creator(settings: Settings, connector: Any = None) -> Callable[[], Any]:
+    """Connections through the Cloud SQL connector (a test may pass one of its own)."""
+    if connector is None:
+        # Imported here: only Cloud SQL deployments pay for the connector at cold start.
+        from google.cloud.sql.connector import Connector
 
+        connector = Connector(refresh_strategy="lazy")
     instance = settings.cloud_sql_instance or ""
-    connector = Connector(refresh_strategy="lazy")
     password = settings.db_password.reveal() if settings.db_password else None
 
     def connect() -> Any:

@@ -15,22 +15,50 @@ to turn `%s` into `$1`; the result only depends on the text, so it is cached.
 from __future__ import annotations
 
 import functools
+import inspect
+import logging
 from struct import Struct
 from typing import Any
 
 import pg8000.dbapi
 import pg8000.legacy
-from pg8000 import core
-from pg8000.converters import make_params
+from pg8000 import converters, core
+
+log = logging.getLogger(__name__)
 
 _COUNT = Struct("!h")
 _LENGTH = Struct("!i")
-_DESCRIBE_PORTAL = core._create_message(core.DESCRIBE, core.PORTAL + core.NULL_BYTE)
-_TAIL = _DESCRIBE_PORTAL + core.EXECUTE_MSG + core.SYNC_MSG
+
+# The pg8000 internals this module builds on (checked at install; pinned in requirements.txt).
+_CORE_NAMES = (
+    "_create_message",
+    "_flush",
+    "Context",
+    "InterfaceError",
+    "BIND",
+    "DESCRIBE",
+    "EXECUTE_MSG",
+    "IN_TRANSACTION",
+    "NULL_BYTE",
+    "PARSE",
+    "PORTAL",
+    "QUERY",
+    "SYNC_MSG",
+)
+_METHOD_PARAMETERS = {
+    "execute_unnamed": ("self", "statement", "vals", "oids", "stream"),
+    "execute_simple": ("self", "statement"),
+    "handle_messages": ("self", "context"),
+}
+_CONNECTION_ATTRIBUTES = ("_sock", "_client_encoding", "_transaction_status", "py_types")
 
 
 def install(dbapi_connection: Any) -> None:
     """Make this connection send each statement, and the BEGIN before it, in one round trip."""
+    missing = missing_internals(dbapi_connection)
+    if missing:
+        _warn_once(tuple(missing))
+        return  # stock pg8000: three round trips per statement, same results
     pipeline = _Pipeline(dbapi_connection)
     dbapi_connection.execute_unnamed = pipeline.execute_unnamed
     dbapi_connection.execute_simple = pipeline.execute_simple
@@ -38,9 +66,57 @@ def install(dbapi_connection: Any) -> None:
     pg8000.legacy.convert_paramstyle = _cached_convert_paramstyle
 
 
+def missing_internals(dbapi_connection: Any) -> list[str]:
+    """What this module relies on that this pg8000 (or this connection) lacks."""
+    missing = [f"pg8000.core.{name}" for name in _CORE_NAMES if not hasattr(core, name)]
+    if not hasattr(converters, "make_params"):
+        missing.append("pg8000.converters.make_params")
+    for module in (pg8000.legacy, pg8000.dbapi):
+        if not callable(getattr(module, "convert_paramstyle", None)):
+            missing.append(f"{module.__name__}.convert_paramstyle")
+    for name, expected in _METHOD_PARAMETERS.items():
+        method = getattr(type(dbapi_connection), name, None)
+        if not callable(method) or _parameters(method) != expected:
+            missing.append(f"Connection.{name}{expected}")
+    missing += [
+        f"Connection.{name}"
+        for name in _CONNECTION_ATTRIBUTES
+        if not hasattr(dbapi_connection, name)
+    ]
+    return missing
+
+
+def _parameters(method: Any) -> tuple[str, ...]:
+    try:
+        return tuple(inspect.signature(method).parameters)
+    except (TypeError, ValueError):
+        return ()
+
+
+@functools.cache
+def _warn_once(missing: tuple[str, ...]) -> None:
+    log.warning(
+        "pg8000 lacks what the one-round-trip exchange needs (%s): using stock pg8000",
+        ", ".join(missing),
+    )
+
+
+@functools.cache
+def _tail() -> bytes:
+    """Describe (portal), Execute, Sync: what follows every Parse and Bind."""
+    describe_portal = core._create_message(core.DESCRIBE, core.PORTAL + core.NULL_BYTE)
+    tail: bytes = describe_portal + core.EXECUTE_MSG + core.SYNC_MSG
+    return tail
+
+
 # What pg8000's legacy cursor sends before the first statement of a transaction.
 _IMPLICIT_BEGIN = "begin transaction"
-_BEGIN_MESSAGE = core._create_message(core.QUERY, _IMPLICIT_BEGIN.encode() + core.NULL_BYTE)
+
+
+@functools.cache
+def _begin_message() -> bytes:
+    message: bytes = core._create_message(core.QUERY, _IMPLICIT_BEGIN.encode() + core.NULL_BYTE)
+    return message
 
 
 class _Pipeline:
@@ -79,7 +155,7 @@ class _Pipeline:
         parse += _COUNT.pack(len(oids))
         for oid in oids:
             parse += _LENGTH.pack(0 if oid == -1 else oid)
-        params = make_params(connection.py_types, vals)
+        params = converters.make_params(connection.py_types, vals)
         # Unnamed portal and statement; parameters and results in text format.
         bind = bytearray(
             core.NULL_BYTE + core.NULL_BYTE + _COUNT.pack(0) + _COUNT.pack(len(params))
@@ -92,7 +168,7 @@ class _Pipeline:
                 bind += _LENGTH.pack(len(encoded)) + encoded
         bind += _COUNT.pack(0)
         message = core._create_message(core.PARSE, bytes(parse))
-        message += core._create_message(core.BIND, bytes(bind)) + _TAIL
+        message += core._create_message(core.BIND, bytes(bind)) + _tail()
         return self._exchange(statement, message)
 
     def _exchange(self, statement: str, message: bytes) -> Any:
@@ -111,7 +187,7 @@ class _Pipeline:
         begun = None
         if self.begin_pending:
             self.begin_pending = False
-            message = _BEGIN_MESSAGE + message
+            message = _begin_message() + message
             begun = core.Context(_IMPLICIT_BEGIN)
         sock = self.connection._sock
         if sock is None:
@@ -126,17 +202,14 @@ class _Pipeline:
         return begun
 
 
-_convert_paramstyle = pg8000.dbapi.convert_paramstyle
-
-
 @functools.lru_cache(maxsize=1024)
 def _format_to_numeric(query: str) -> str:
-    converted: str = _convert_paramstyle("format", query, ())[0]
+    converted: str = pg8000.dbapi.convert_paramstyle("format", query, ())[0]
     return converted
 
 
 def _cached_convert_paramstyle(style: str, query: str, args: Any) -> tuple[str, Any]:
     if style == "format":  # SQLAlchemy's pg8000 dialect: the values pass through unchanged
         return _format_to_numeric(query), args
-    result: tuple[str, Any] = _convert_paramstyle(style, query, args)
+    result: tuple[str, Any] = pg8000.dbapi.convert_paramstyle(style, query, args)
     return result

@@ -3,18 +3,27 @@
 from __future__ import annotations
 
 import datetime
+import logging
+import threading
+import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
+from typing import Any
+from urllib.parse import urlsplit
 
+import pg8000.core
+import pg8000.dbapi
 import pytest
 from sqlalchemy import exc as sa_exc
 from sqlalchemy import text
 
 from bench.pgwire import CountingProxy
 from devstack.database import admin_execute
-from genjobs import db
+from genjobs import db, pg_wire
 from genjobs.db import Database, create_database
+from genjobs.errors import DatabaseUnavailable
 from genjobs.settings import load_settings
+from tests.integration.tcp_relay import TcpRelay
 
 
 @pytest.fixture
@@ -123,3 +132,152 @@ def test_a_rollback_before_the_first_statement_ends_the_transaction(
         assert dbapi._transaction_status == b"T"  # the cursor began a new transaction
         conn.rollback()
         assert dbapi._transaction_status == b"I"
+
+
+def test_an_error_after_rows_have_streamed_leaves_the_connection_usable(
+    counted: tuple[Database, CountingProxy],
+) -> None:
+    database, _ = counted
+    with database.transaction() as conn:
+        first_pid = conn.execute(text("SELECT pg_backend_pid()")).scalar_one()
+    # Rows for n = 1 and 2 are on the wire before the division by zero at n = 3.
+    failing = text("SELECT 1 / (n - 3) FROM generate_series(1, 5) AS n")
+    with pytest.raises(sa_exc.DatabaseError) as caught, database.transaction() as conn:
+        conn.execute(failing).all()
+    assert not isinstance(caught.value, DatabaseUnavailable)  # a bug in the SQL: no retry
+    assert caught.value.orig.args[0]["C"] == "22012", caught.value.orig  # division_by_zero
+    assert not caught.value.connection_invalidated
+    with database.transaction() as conn:  # same pooled connection, stream aligned
+        assert conn.execute(text("SELECT CAST(:x AS int)"), {"x": 5}).scalar_one() == 5
+        if database.engine.pool.size() == 1:  # type: ignore[attr-defined]
+            assert conn.execute(text("SELECT pg_backend_pid()")).scalar_one() == first_pid
+
+
+@pytest.fixture
+def single_connection(database_url: str) -> Iterator[tuple[Database, TcpRelay]]:
+    """The project's Database, one pooled connection, through a relay straight to Postgres."""
+    relay = TcpRelay(database_url).start()
+    settings = load_settings("cli", {"DATABASE_URL": relay.url(), "DB_POOL_SIZE": "1"})
+    database = create_database(settings)
+    try:
+        yield database, relay
+    finally:
+        database.dispose()
+        relay.stop()
+
+
+def _later(seconds: float, action: Callable[[], object]) -> threading.Timer:
+    timer = threading.Timer(seconds, action)
+    timer.start()
+    return timer
+
+
+@pytest.mark.parametrize("drop", ["pg_terminate_backend", "relay_cut"])
+@pytest.mark.timeout(60)
+def test_a_socket_dropped_mid_exchange_is_discarded_and_the_next_transaction_works(
+    single_connection: tuple[Database, TcpRelay], database_url: str, drop: str
+) -> None:
+    database, relay = single_connection
+    with database.transaction() as conn:
+        pid = conn.execute(text("SELECT pg_backend_pid()")).scalar_one()
+
+    def drop_now() -> None:
+        if drop == "relay_cut":
+            relay.cut()
+        else:
+            admin_execute(database_url, f"SELECT pg_terminate_backend({pid})")
+
+    # The first statement of the transaction: the held-back BEGIN travels with it.
+    timer = _later(0.5, drop_now)
+    started = time.monotonic()
+    try:
+        with pytest.raises(DatabaseUnavailable), database.transaction() as conn:
+            conn.execute(text("SELECT pg_sleep(CAST(:s AS float))"), {"s": 10})
+    finally:
+        timer.join()
+    assert time.monotonic() - started < 5  # failed when the socket dropped, not at the end
+    assert database.engine.pool.checkedout() == 0  # type: ignore[attr-defined]
+    with database.transaction() as conn:
+        assert conn.execute(text("SELECT pg_backend_pid()")).scalar_one() != pid
+
+
+def test_the_pinned_pg8000_has_every_internal_pg_wire_uses(
+    counted: tuple[Database, CountingProxy],
+) -> None:
+    database, _ = counted
+    with database.engine.connect() as conn:
+        dbapi = conn.connection.dbapi_connection
+        assert pg_wire.missing_internals(dbapi) == []
+        assert "execute_unnamed" in vars(dbapi)  # installed
+
+
+class _ChangedPg8000(pg8000.dbapi.Connection):
+    """A pg8000 whose internal execute_unnamed grew a parameter, as a future release might."""
+
+    def execute_unnamed(  # type: ignore[override]
+        self,
+        statement: str,
+        vals: Any = (),
+        oids: Any = (),
+        stream: Any = None,
+        *,
+        cached: bool = False,
+    ) -> Any:
+        return super().execute_unnamed(statement, vals, oids, stream)
+
+
+def _connect_to(url: str, connection_class: type[pg8000.dbapi.Connection]) -> Any:
+    parts = urlsplit(url)
+    return connection_class(
+        parts.username or "postgres",
+        host="127.0.0.1",
+        port=parts.port,
+        database=parts.path.lstrip("/"),
+        password=parts.password,
+        ssl_context=False,
+    )
+
+
+def test_changed_pg8000_internals_fall_back_to_stock_pg8000_with_one_warning(
+    counted: tuple[Database, CountingProxy], caplog: pytest.LogCaptureFixture
+) -> None:
+    _, proxy = counted
+    pg_wire._warn_once.cache_clear()
+    settings = load_settings("cli", {"DB_POOL_SIZE": "2"})
+    database = db.database_from_creator(lambda: _connect_to(proxy.url(), _ChangedPg8000), settings)
+    try:
+        with caplog.at_level(logging.WARNING, logger="genjobs.pg_wire"):
+            with database.transaction() as first, database.transaction() as second:
+                dbapi = first.connection.dbapi_connection
+                assert "execute_unnamed" not in vars(dbapi)  # stock pg8000 kept
+                assert second.connection.dbapi_connection is not dbapi
+            proxy.counts.reset()
+            with database.transaction() as conn:
+                value = conn.execute(text("SELECT CAST(:x AS int) + 1"), {"x": 1}).scalar_one()
+        assert value == 2
+        warnings = [r for r in caplog.records if r.name == "genjobs.pg_wire"]
+        assert len(warnings) == 1, warnings  # two connections, one warning
+        assert "Connection.execute_unnamed" in warnings[0].getMessage()
+        # Stock pg8000: BEGIN alone, Parse, Describe, Bind/Execute apart, then COMMIT.
+        assert proxy.counts.snapshot()["round_trips"] > 3
+    finally:
+        database.dispose()
+        pg_wire._warn_once.cache_clear()
+
+
+def test_a_missing_pg8000_internal_keeps_stock_pg8000(
+    counted: tuple[Database, CountingProxy], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    _, proxy = counted
+    connection = _connect_to(proxy.url(), pg8000.dbapi.Connection)
+    try:
+        monkeypatch.delattr(pg8000.core, "PORTAL")
+        assert pg_wire.missing_internals(connection) == ["pg8000.core.PORTAL"]
+        pg_wire.install(connection)
+        assert "execute_unnamed" not in vars(connection)
+        cursor = connection.cursor()
+        cursor.execute("SELECT CAST(%s AS int) * 2", (21,))
+        assert cursor.fetchone() == [42]
+    finally:
+        connection.close()
+        pg_wire._warn_once.cache_clear()
