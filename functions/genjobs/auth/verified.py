@@ -64,7 +64,7 @@ class VerifiedTokens(Generic[T]):
         with self._lock:
             for token, (_, _, kid) in list(self._entries.items()):
                 if kid in gone:
-                    del self._entries[token]
+                    self._entries.pop(token, None)  # get() may have dropped it meanwhile
 
     def __len__(self) -> int:
         return len(self._entries)
