@@ -5,8 +5,9 @@ from __future__ import annotations
 import functools
 import json
 import os
+import threading
 from collections.abc import Callable
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import functions_framework
 from flask import Request, Response
@@ -18,6 +19,31 @@ if TYPE_CHECKING:
     from genjobs.settings import Role, Settings
     from genjobs.sweeper import Sweeper
     from genjobs.worker import Worker
+
+T = TypeVar("T")
+
+
+def built_once(build: Callable[[], T]) -> Callable[[], T]:
+    """`build` run once per process even when first requests race (single-flight cold start).
+
+    Each build opens a connection pool sized to Terraform's per-instance share of the
+    database's connection budget; two would overshoot it. functions-framework builds at
+    import (below); a host that imports without FUNCTION_TARGET builds on first requests.
+    A failed build is not kept: the next request tries again, still one at a time.
+    """
+    lock = threading.Lock()
+    built: list[T] = []
+
+    @functools.wraps(build)
+    def instance() -> T:
+        if built:  # warm path: no lock
+            return built[0]
+        with lock:
+            if not built:
+                built.append(build())
+            return built[0]
+
+    return instance
 
 
 def _settings(role: Role) -> Settings:
@@ -49,7 +75,7 @@ def _push_verifier(settings: Settings) -> Any:
     )
 
 
-@functools.cache
+@built_once
 def _api() -> ApiApp:
     from genjobs.api.app import ApiApp
     from genjobs.auth import UserTokenVerifier
@@ -69,7 +95,7 @@ def _api() -> ApiApp:
     )
 
 
-@functools.cache
+@built_once
 def _worker() -> Worker:
     from genjobs.db import create_database
     from genjobs.model_client import ModelClient
@@ -86,7 +112,7 @@ def _worker() -> Worker:
     )
 
 
-@functools.cache
+@built_once
 def _dead_letter() -> DeadLetterHandler:
     from genjobs.db import create_database
     from genjobs.dead_letter import DeadLetterHandler
@@ -95,7 +121,7 @@ def _dead_letter() -> DeadLetterHandler:
     return DeadLetterHandler(db=create_database(settings), verifier=_push_verifier(settings))
 
 
-@functools.cache
+@built_once
 def _sweeper() -> Sweeper:
     from genjobs.db import create_database
     from genjobs.publisher import PubSubJobPublisher

@@ -133,13 +133,6 @@ class IdempotencyKeyReused(ClientError):
     title = "Idempotency-Key reused with a different request"
 
 
-class IdempotencyKeyInProgress(Conflict):
-    """A request with this Idempotency-Key is still being processed."""
-
-    code = "idempotency_key_in_progress"
-    title = "A request with this Idempotency-Key is in progress"
-
-
 class PayloadTooLarge(ClientError):
     """The body or one of its fields is over its size limit."""
 

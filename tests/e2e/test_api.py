@@ -2,16 +2,23 @@
 
 from __future__ import annotations
 
+import threading
+import time
 import uuid
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 import httpx
 import pytest
+from sqlalchemy import text
 
 from devstack.supervisor import Supervisor, free_port, function_service
+from genjobs import store
+from genjobs.api.submit import DEFAULT_MAX_ATTEMPTS, request_hash
 from genjobs.auth.minting import mint_api_key, mint_user_token
+from genjobs.db import Database
 from genjobs.settings import LOCAL_JWT_SECRET, LOCAL_SUPABASE_URL
+from genjobs.tasks import TASKS
 from tests.openapi_check import assert_conforms
 from tests.stack import Stack
 
@@ -97,22 +104,82 @@ def test_idempotency_key_replays_and_rejects_other_bodies(
     assert_conforms(openapi, other)
 
 
-def test_concurrent_submits_with_one_key_make_one_job(stack: Stack) -> None:
+def test_concurrent_submits_with_one_key_make_one_job_and_replay_it(
+    stack: Stack, openapi: dict[str, Any]
+) -> None:
     user = uuid.uuid4()
     key = {"Idempotency-Key": "same-key"}
+    together = threading.Barrier(8)
 
     def submit(_: int) -> httpx.Response:
         with stack.client(user) as client:
+            together.wait(10)
             return client.post("/v1/generations", json=SUMMARIZE, headers=key)
 
     with ThreadPoolExecutor(8) as pool:
         responses = list(pool.map(submit, range(8)))
     statuses = sorted(r.status_code for r in responses)
-    assert statuses.count(202) == 1 and set(statuses) <= {200, 202, 409}
-    ids = {r.json()["id"] for r in responses if r.status_code in {200, 202}}
-    assert len(ids) == 1
+    assert statuses == [200] * 7 + [202], statuses  # never 409: the later ones wait, then replay
+    for response in responses:
+        assert_conforms(openapi, response)
+        replayed = response.headers.get("Idempotent-Replayed")
+        assert replayed == ("true" if response.status_code == 200 else None)
+    assert len({r.json()["id"] for r in responses}) == 1
     with stack.client(user) as client:
         assert len(client.get("/v1/generations").json()["items"]) == 1
+
+
+def test_a_submit_waits_for_the_one_in_flight_with_its_key_then_replays_it(
+    stack: Stack, stack_db: Database, openapi: dict[str, Any]
+) -> None:
+    """The first submit is held open mid-transaction; the second waits on it, not 409."""
+    user, key = uuid.uuid4(), "in-flight"
+    data = TASKS["summarize"].input_model.model_validate(SUMMARIZE["input"])
+    normalized = data.model_dump(mode="json", exclude_none=True)
+    with ThreadPoolExecutor(1) as pool, stack_db.transaction() as first:
+        # What SubmitService does up to its commit: take the user's lock, insert the job.
+        store.user_usage(first, user, key)
+        job = store.insert_job(
+            first,
+            store.NewJob(
+                user_id=user,
+                task="summarize",
+                input=normalized,
+                metadata={},
+                idempotency_key=key,
+                request_hash=request_hash("summarize", normalized, {}),
+                trace_id=None,
+                max_attempts=DEFAULT_MAX_ATTEMPTS,
+            ),
+        )
+        assert job is not None
+
+        def second() -> httpx.Response:
+            with stack.client(user) as client:
+                return client.post(
+                    "/v1/generations", json=SUMMARIZE, headers={"Idempotency-Key": key}
+                )
+
+        answer = pool.submit(second)
+        wait_until_a_lock_is_awaited(stack_db)
+        assert not answer.done()
+    response = answer.result(timeout=30)  # the first committed: the second goes on
+    assert response.status_code == 200, response.text
+    assert response.headers["Idempotent-Replayed"] == "true"
+    assert response.json()["id"] == str(job.id)
+    assert_conforms(openapi, response)
+
+
+def wait_until_a_lock_is_awaited(db: Database, timeout: float = 20) -> None:
+    """Return once some session waits for an advisory lock (the api's per-user lock)."""
+    awaited = text("SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' AND NOT granted")
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        with db.transaction() as conn:
+            if conn.execute(awaited).scalar_one() > 0:
+                return
+        time.sleep(0.05)
+    raise AssertionError("the second submit never waited for the first one's lock")
 
 
 def test_other_users_jobs_are_not_found(stack: Stack, openapi: dict[str, Any]) -> None:

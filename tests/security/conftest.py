@@ -100,6 +100,7 @@ class SupabaseKeys:
         self.url = f"http://127.0.0.1:{self._server.server_address[1]}"
         self.add("es-1", "ES256")
         self.add("rs-1", "RS256")
+        self.add("es-retiring", "ES256")  # revoked by the rotation test
 
     @property
     def issuer(self) -> str:
@@ -118,6 +119,11 @@ class SupabaseKeys:
         with self._lock:
             self._private[kid] = (alg, key)
             self._published.append({**public, "kid": kid, "alg": alg, "use": "sig"})
+
+    def revoke(self, kid: str) -> None:
+        """Stop publishing `kid` (its private half is kept, as a leaked key would be)."""
+        with self._lock:
+            self._published = [k for k in self._published if k["kid"] != kid]
 
     def sign(self, claims: Mapping[str, Any], kid: str = "es-1") -> str:
         """A token signed by the published key `kid`."""

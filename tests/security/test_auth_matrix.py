@@ -229,14 +229,21 @@ def test_the_key_set_is_cached_and_unknown_kids_cannot_hammer_it(
     assert len(keys.fetches) - before <= 1
 
 
-def test_new_signing_key_is_accepted_without_restart(security_stack: SecurityStack) -> None:
-    """A key published after the api cached the set is fetched on first sight of its kid."""
+def test_rotation_accepts_the_new_key_and_ends_the_revoked_ones_tokens(
+    security_stack: SecurityStack,
+) -> None:
+    """A key published later is fetched on first sight of its kid; that refresh also ends
+    every remembered token of a key it no longer lists, even one with `exp` in 2100."""
     keys = security_stack.keys
     url = f"{security_stack.api_url}/v1/generations"
     cached = httpx.get(url, headers={"Authorization": f"Bearer {keys.sign(keys.claims())}"})
     assert cached.status_code == 200 and keys.fetches, "the api has cached the key set"
+    leaked = {"Authorization": "Bearer " + keys.sign(keys.claims(exp=4_102_444_800), "es-retiring")}
+    for _ in range(2):  # verified, then served from the api's memo
+        assert httpx.get(url, headers=leaked, timeout=10).status_code == 200
     kid = f"es-rotated-{uuid.uuid4().hex[:8]}"
     keys.add(kid, "ES256")
+    keys.revoke("es-retiring")
     # Unknown kids refetch at most once per interval (the anti-hammering rule above).
     wait = keys.fetches[-1] + REFETCH_INTERVAL_SECONDS + 1 - time.monotonic()
     if wait > 0:
@@ -247,3 +254,6 @@ def test_new_signing_key_is_accepted_without_restart(security_stack: SecuritySta
         response = httpx.get(url, headers={"Authorization": f"Bearer {token}"}, timeout=10)
         assert response.status_code == 200, response.text
     assert len(keys.fetches) == before + 1  # fetched once, then cached
+    refused = httpx.get(url, headers=leaked, timeout=10)
+    assert refused.status_code == 401, refused.text
+    assert "unknown signing key" in refused.json()["detail"]

@@ -166,6 +166,52 @@ def test_stale_keys_serve_while_the_endpoint_fails(server: JwksServer, clock: Fa
     assert server.hits == 3
 
 
+def test_stale_keys_serve_for_at_most_an_hour_then_503(
+    server: JwksServer, clock: FakeClock
+) -> None:
+    cache = JwksCache(server.url, clock=clock)
+    cache.get_key("ec-1")
+    server.status = 500
+    clock.now += 3599
+    assert cache.get_key("ec-1").key_id == "ec-1"
+    clock.now += 1
+    with pytest.raises(KeySetUnavailable) as info:
+        cache.get_key("ec-1")  # a revoked key must not stay valid for a whole outage
+    assert info.value.status == 503
+    assert 1 <= int(info.value.headers()["Retry-After"]) <= 30
+    clock.now += 10
+    with pytest.raises(KeySetUnavailable):
+        cache.get_key("ec-1")
+    server.status = 200
+    clock.now += 20  # the next attempt the refetch budget allows
+    assert cache.get_key("ec-1").key_id == "ec-1"
+
+
+def test_a_refresh_reports_the_kids_that_left(
+    server: JwksServer, clock: FakeClock, rsa_jwk: dict[str, Any]
+) -> None:
+    server.jwks = {"keys": [ec_jwk("a"), ec_jwk("b"), rsa_jwk]}
+    cache = JwksCache(server.url, clock=clock)
+    removed: list[frozenset[str]] = []
+    cache.on_keys_removed(removed.append)
+    cache.get_key("a")
+    assert removed == []  # the first fetch removes nothing
+    server.jwks = {"keys": [ec_jwk("c"), rsa_jwk]}
+    clock.now += 601
+    with pytest.raises(Unauthenticated):
+        cache.get_key("a")
+    assert removed == [frozenset({"a", "b"})]
+    server.status = 500
+    clock.now += 601
+    cache.get_key("c")  # a failed refresh removes nothing
+    assert removed == [frozenset({"a", "b"})]
+
+
+def test_a_ttl_beyond_the_staleness_limit_is_refused() -> None:
+    with pytest.raises(ValueError, match="max_stale"):
+        JwksCache("http://x/jwks", ttl_seconds=7200, max_stale_seconds=3600)
+
+
 @pytest.mark.parametrize(
     "document",
     [b"not json", b"[]", b'{"keys": "x"}', b'{"keys": []}', b'{"nokeys": 1}'],

@@ -206,7 +206,7 @@ def test_trailing_slash_in_supabase_url_is_ignored() -> None:
     assert v.verify(f"Bearer {token}").id == DEMO_USER_ID
 
 
-def test_jwks_is_built_lazily_from_the_supabase_url(server: JwksServer, keys: Keys) -> None:
+def test_jwks_is_fetched_only_for_asymmetric_tokens(server: JwksServer, keys: Keys) -> None:
     v = UserTokenVerifier(supabase_url=server.base_url, jwt_secret=LOCAL_JWT_SECRET)
     before = len(server.paths)
     hs = hs256(claims(iss=f"{server.base_url}/auth/v1"))
@@ -317,7 +317,7 @@ def test_hs256_signed_with_the_public_key_is_401(
         token = f"{signing_input}.{b64(mac)}"
         reject(verifier, f"Bearer {token}", "signature is invalid")
         no_secret = UserTokenVerifier(
-            supabase_url=LOCAL_SUPABASE_URL, jwt_secret=None, jwks=verifier._key_set()
+            supabase_url=LOCAL_SUPABASE_URL, jwt_secret=None, jwks=verifier.key_set
         )
         reject(no_secret, f"Bearer {token}", "HS256 tokens are not accepted")
 

@@ -54,7 +54,11 @@ _AUTH_ERRORS = {
     "403": _problem(
         "A valid token of an anonymous user, where ALLOW_ANONYMOUS_USERS is off.", _WWW_AUTH
     ),
-    "503": _problem("Database or key set unavailable; retry.", _RETRY_AFTER),
+    "503": _problem(
+        "Database unavailable, or signing keys unreachable (or not refreshed for over an hour);"
+        " retry.",
+        _RETRY_AFTER,
+    ),
 }
 _ID_PARAM = {
     "name": "job_id",
@@ -78,6 +82,9 @@ def _paths() -> dict[str, Any]:
                         "in": "header",
                         "required": False,
                         "schema": {"type": "string", "minLength": 1, "maxLength": 255},
+                        "description": "Per user. Same key and body again: the same job (200,"
+                        " Idempotent-Replayed: true), also when sent concurrently (the later"
+                        " request waits for the first); same key, other body: 422.",
                     }
                 ],
                 "requestBody": {
@@ -88,11 +95,11 @@ def _paths() -> dict[str, Any]:
                     "202": _json("JobView", "Stored and queued.", _LOCATION),
                     "200": _json(
                         "JobView",
-                        "Replay of an earlier request with the same Idempotency-Key.",
+                        "Replay of an earlier request with the same Idempotency-Key and body;"
+                        " one sent while the first is still running waits for it, then replays.",
                         {**_LOCATION, "Idempotent-Replayed": {"schema": {"type": "string"}}},
                     ),
                     "400": _problem("Body is not JSON."),
-                    "409": _problem("Same Idempotency-Key still in progress."),
                     "413": _problem("Body or metadata too large."),
                     "415": _problem("Body is not application/json."),
                     "422": _problem("Validation failed or Idempotency-Key reused."),

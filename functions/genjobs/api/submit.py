@@ -16,7 +16,6 @@ from genjobs import store
 from genjobs.api.schemas import SubmitRequest
 from genjobs.db import Database
 from genjobs.errors import (
-    IdempotencyKeyInProgress,
     IdempotencyKeyReused,
     InvalidRequest,
     PayloadTooLarge,
@@ -117,6 +116,13 @@ def _storable(text: str) -> bool:
     return True
 
 
+def _replay(existing: Job, fingerprint: str) -> Submitted:
+    """The job stored under this key, if it was asked for with the same body."""
+    if existing.request_hash != fingerprint:
+        raise IdempotencyKeyReused("this Idempotency-Key was used with a different request body")
+    return Submitted(existing, replayed=True)
+
+
 def check_idempotency_key(key: str | None) -> str | None:
     """Keys are 1 to 255 printable ASCII characters."""
     if key is None:
@@ -154,18 +160,18 @@ class SubmitService:
     def submit(
         self, user_id: uuid.UUID, body: Any, idempotency_key: str | None, trace_id: str | None
     ) -> Submitted:
-        """Create the job or replay the one made with the same key and body."""
+        """Create the job or replay the one made with the same key and body.
+
+        Concurrent submits with one key do not conflict: the per-user lock makes the later
+        one wait for the first to commit, and it then replays that job.
+        """
         key = check_idempotency_key(idempotency_key)
         task, data, metadata = parse_submission(body, self.tasks, self.settings)
         fingerprint = request_hash(task.name, data, metadata)
         with self.db.transaction() as conn:
             usage = store.user_usage(conn, user_id, key)
             if usage.existing is not None:
-                if usage.existing.request_hash != fingerprint:
-                    raise IdempotencyKeyReused(
-                        "this Idempotency-Key was used with a different request body"
-                    )
-                return Submitted(usage.existing, replayed=True)
+                return _replay(usage.existing, fingerprint)
             self._check_limits(usage)
             job = store.insert_job(
                 conn,
@@ -180,8 +186,13 @@ class SubmitService:
                     max_attempts=DEFAULT_MAX_ATTEMPTS,
                 ),
             )
-        if job is None:  # the per-user lock makes this unreachable; DESIGN's answer if not
-            raise IdempotencyKeyInProgress("a request with this Idempotency-Key is in progress")
+            if job is None:
+                # Unreachable while every insert holds the per-user lock. Were one not to,
+                # ON CONFLICT has waited for it to commit, so a new statement sees its job.
+                existing = store.find_by_key(conn, user_id, key) if key is not None else None
+                if existing is None:
+                    raise RuntimeError("the insert conflicted but no job holds its key")
+                return _replay(existing, fingerprint)
         self._publish(job)
         return Submitted(job, replayed=False)
 

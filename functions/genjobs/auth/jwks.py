@@ -76,20 +76,29 @@ def _is_public_signing_jwk(entry: Any) -> bool:
 
 
 class JwksCache:
-    """Signing keys by `kid`, cached up to `ttl_seconds` and refetched on an unknown `kid`."""
+    """Signing keys by `kid`, cached up to `ttl_seconds` and refetched on an unknown `kid`.
+
+    A set that cannot be refreshed still serves for up to `max_stale_seconds` after it was
+    fetched (an outage of the key endpoint should not log everybody out); older, it is not
+    trusted at all (503), since a revoked key would otherwise stay valid for the outage.
+    """
 
     def __init__(
         self,
         url: str,
         *,
         ttl_seconds: float = 600,
+        max_stale_seconds: float = 3600,
         min_refetch_interval: float = 30,
         timeout: float = 5,
         fetch: Fetch | None = None,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
+        if not 0 < ttl_seconds <= max_stale_seconds:
+            raise ValueError("need 0 < ttl_seconds <= max_stale_seconds")
         self.url = url
         self._ttl = ttl_seconds
+        self._max_stale = max_stale_seconds
         self._min_interval = min_refetch_interval
         self._timeout = timeout
         self._fetch = fetch or fetch_url
@@ -99,6 +108,11 @@ class JwksCache:
         self._cached: tuple[dict[str, jwt.PyJWK], float] | None = None
         self._last_attempt: float | None = None
         self._last_attempt_failed = False
+        self._on_removed: list[Callable[[frozenset[str]], None]] = []
+
+    def on_keys_removed(self, callback: Callable[[frozenset[str]], None]) -> None:
+        """Call `callback` with the kids a refresh no longer lists (revoked or rotated out)."""
+        self._on_removed.append(callback)
 
     def get_key(self, kid: str) -> jwt.PyJWK:
         """The key for `kid`; raises Unauthenticated (unknown key) or KeySetUnavailable."""
@@ -118,14 +132,18 @@ class JwksCache:
         if self._may_fetch(now, fresh=fresh):
             self._refresh(now)
             cached = self._cached
-        if cached is not None and kid in cached[0]:
-            # After a failed refresh stale keys still serve: an outage of the key
-            # endpoint should not log everybody out.
-            return cached[0][kid]
-        if cached is None or self._last_attempt_failed:
+        if cached is None or (self._last_attempt_failed and kid not in cached[0]):
             raise KeySetUnavailable(
                 "signing keys are unavailable, retry shortly", retry_after=self._wait(now)
             )
+        if now - cached[1] >= self._max_stale:
+            raise KeySetUnavailable(
+                f"signing keys are over {self._max_stale:.0f} s old and cannot be refreshed,"
+                " retry shortly",
+                retry_after=self._wait(now),
+            )
+        if kid in cached[0]:
+            return cached[0][kid]  # fresh, or stale within max_stale while the endpoint fails
         raise Unauthenticated("unknown signing key")
 
     def _may_fetch(self, now: float, *, fresh: bool) -> bool:
@@ -153,7 +171,13 @@ class JwksCache:
             log.warning("JWKS fetch from %s failed: %s", self.url, type(exc).__name__)
             return
         self._last_attempt_failed = False
+        previous = self._cached
         self._cached = (keys, now)
+        removed = frozenset(previous[0].keys() - keys.keys()) if previous else frozenset()
+        if removed:
+            log.info("signing keys left the key set at %s: %s", self.url, sorted(removed))
+            for callback in self._on_removed:
+                callback(removed)
 
 
 def bearer_token(authorization_header: str | None, *, realm: str) -> str:

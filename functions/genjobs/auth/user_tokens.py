@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
-import threading
+import time
 import uuid
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -64,6 +64,7 @@ class UserTokenVerifier:
         allow_anonymous: bool = False,
         jwks: JwksCache | None = None,
         leeway_seconds: int = 30,
+        clock: Callable[[], float] = time.monotonic,
     ) -> None:
         if jwt_secret is not None and len(jwt_secret.encode()) < MIN_SECRET_BYTES:
             raise ConfigurationError(f"the Supabase JWT secret must be {MIN_SECRET_BYTES}+ bytes")
@@ -71,10 +72,13 @@ class UserTokenVerifier:
         self.issuer = f"{self.supabase_url}/auth/v1"
         self._secret = jwt_secret
         self._allow_anonymous = allow_anonymous
-        self._jwks = jwks
-        self._jwks_lock = threading.Lock()
+        # Built now, fetched on the first asymmetric token (HS256-only projects never fetch).
+        self.key_set = jwks or JwksCache(f"{self.issuer}/.well-known/jwks.json", clock=clock)
         self._leeway = leeway_seconds
-        self._verified: VerifiedTokens[User] = VerifiedTokens(MAX_CACHED_TOKENS)
+        # A hit re-checks the token's kid against the key set, so a revoked key ends its tokens.
+        self._verified: VerifiedTokens[User] = VerifiedTokens(
+            MAX_CACHED_TOKENS, key_set=self.key_set, clock=clock
+        )
 
     def verify(self, authorization_header: str | None) -> User:
         """The User behind the header; Unauthenticated (401) or Forbidden (403) otherwise."""
@@ -85,12 +89,14 @@ class UserTokenVerifier:
         header = unverified_header(token, realm=REALM)
         alg = header.get("alg")
         key: jwt.PyJWK | str
+        kid: str | None = None
         if alg == "HS256":
             if self._secret is None:
                 raise Unauthenticated("HS256 tokens are not accepted here", realm=REALM)
             key = self._secret  # only the shared secret: never a public key as HMAC key
         elif isinstance(alg, str) and alg in ASYMMETRIC_ALGORITHMS:
-            key = signing_key(self._key_set(), alg, header, realm=REALM)
+            key = signing_key(self.key_set, alg, header, realm=REALM)
+            kid = key.key_id
         else:
             raise Unauthenticated("token algorithm is not allowed", realm=REALM)
         try:
@@ -105,17 +111,8 @@ class UserTokenVerifier:
         except jwt.PyJWTError as exc:
             raise rejection(exc, realm=REALM) from None
         user = self._user(claims)
-        self._verified.put(token, user, float(claims["exp"]))
+        self._verified.put(token, user, float(claims["exp"]), kid=kid)
         return user
-
-    def _key_set(self) -> JwksCache:
-        """The project's JWKS, built on the first asymmetric token."""
-        if self._jwks is not None:
-            return self._jwks
-        with self._jwks_lock:
-            if self._jwks is None:
-                self._jwks = JwksCache(f"{self.issuer}/.well-known/jwks.json")
-            return self._jwks
 
     def _user(self, claims: Mapping[str, Any]) -> User:
         """Check the claims of a token whose signature and lifetime are already verified."""

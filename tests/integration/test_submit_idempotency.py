@@ -1,0 +1,73 @@
+"""An Idempotency-Key taken by a concurrent insert is replayed, never a 409, on real Postgres."""
+
+from __future__ import annotations
+
+import time
+import uuid
+from concurrent.futures import ThreadPoolExecutor
+
+import pytest
+from sqlalchemy import text
+
+from genjobs import store
+from genjobs.api.submit import SubmitService, request_hash
+from genjobs.db import Database
+from genjobs.errors import IdempotencyKeyReused
+from genjobs.settings import Settings
+from genjobs.tasks import TASKS
+from tests.ops.helpers import RecordingPublisher
+
+BODY = {"task": "summarize", "input": {"text": "One key, one job."}}
+
+
+def new_job(user: uuid.UUID, key: str, body_hash: str) -> store.NewJob:
+    """The job a writer that skips the per-user lock inserts."""
+    return store.NewJob(
+        user_id=user,
+        task="summarize",
+        input={"text": "One key, one job."},
+        metadata={},
+        idempotency_key=key,
+        request_hash=body_hash,
+        trace_id=None,
+        max_attempts=5,
+    )
+
+
+def wait_until_someone_waits_for_a_lock(db: Database, timeout: float = 10) -> None:
+    """Return once a session waits for a lock (here: the other insert's unique key)."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        with db.transaction() as conn:
+            if conn.execute(text("SELECT count(*) FROM pg_locks WHERE NOT granted")).scalar_one():
+                return
+        time.sleep(0.02)
+    raise AssertionError("the submit never waited for the other insert")
+
+
+@pytest.mark.parametrize("same_body", [True, False])
+def test_a_key_inserted_concurrently_without_the_lock_is_replayed(
+    settings: Settings, clean_db: Database, same_body: bool
+) -> None:
+    service = SubmitService(settings, clean_db, RecordingPublisher(), TASKS)
+    user, key = uuid.uuid4(), "raced"
+    data = TASKS["summarize"].input_model.model_validate(BODY["input"])
+    normalized = data.model_dump(mode="json", exclude_none=True)
+    fingerprint = request_hash("summarize", normalized, {}) if same_body else "another body"
+    with ThreadPoolExecutor(1) as pool:
+        with clean_db.transaction() as other:
+            job = store.insert_job(other, new_job(user, key, fingerprint))  # no user_usage()
+            assert job is not None
+            answer = pool.submit(service.submit, user, BODY, key, None)
+            wait_until_someone_waits_for_a_lock(clean_db)  # ON CONFLICT waits for our commit
+        if same_body:
+            submitted = answer.result(timeout=10)
+            assert submitted.replayed and submitted.job.id == job.id
+        else:
+            with pytest.raises(IdempotencyKeyReused):
+                answer.result(timeout=10)
+    with clean_db.transaction() as conn:
+        count = conn.execute(
+            text("SELECT count(*) FROM generations WHERE user_id = :u"), {"u": user}
+        ).scalar_one()
+    assert count == 1
