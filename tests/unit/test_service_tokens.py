@@ -15,6 +15,7 @@ from genjobs.auth import JwksCache, ServiceIdentity, ServiceTokenVerifier
 from genjobs.errors import ConfigurationError, Forbidden, Unauthenticated
 from genjobs.settings import LOCAL_JWT_SECRET
 from tests.jwks_server import JwksServer
+from tests.unit.test_jwks import FakeClock
 
 PUSH_EMAIL = "pubsub-push@local-project.iam.gserviceaccount.com"
 AUDIENCE = "http://127.0.0.1:8081/"
@@ -242,3 +243,30 @@ def test_behind_cloud_run_a_signed_token_is_still_verified_in_full(
         behind_cloud_run.verify(sign(stranger, claims()))
     with pytest.raises(Unauthenticated, match="algorithm"):
         behind_cloud_run.verify(unsigned(sign(LOCAL_JWT_SECRET, claims(), alg="HS256")))
+
+
+def test_a_push_token_whose_key_left_googles_certs_is_refused_at_the_next_refresh() -> None:
+    old = rsa.generate_private_key(public_exponent=65537, key_size=2048)
+    new = rsa.generate_private_key(public_exponent=65537, key_size=2048)
+
+    def jwk(key: rsa.RSAPrivateKey, kid: str) -> dict[str, Any]:
+        public = jwt.algorithms.RSAAlgorithm.to_jwk(key.public_key(), as_dict=True)
+        return {**public, "kid": kid, "alg": "RS256", "use": "sig"}
+
+    server = JwksServer({"keys": [jwk(old, "old")]})
+    clock = FakeClock()
+    try:
+        verifier = ServiceTokenVerifier(
+            audience=AUDIENCE,
+            allowed_emails=[PUSH_EMAIL],
+            jwks=JwksCache(server.certs_url, clock=clock),
+        )
+        leaked = sign(old, claims(), kid="old")
+        assert verifier.verify(leaked).email == PUSH_EMAIL  # verified and remembered
+        server.jwks = {"keys": [jwk(new, "new")]}  # Google rotated "old" out
+        clock.now += 30
+        assert verifier.verify(sign(new, claims(), kid="new")).email == PUSH_EMAIL
+        with pytest.raises(Unauthenticated, match="unknown signing key"):
+            verifier.verify(leaked)
+    finally:
+        server.close()

@@ -72,8 +72,11 @@ class ServiceTokenVerifier:
             raise ConfigurationError("no token issuer is accepted")
         self.platform_checked = platform_checked
         self._jwks = jwks or JwksCache(certs_url)
-        # Pub/Sub reuses a token for many pushes: one check per token until it expires.
-        self._verified: VerifiedTokens[ServiceIdentity] = VerifiedTokens(MAX_CACHED_TOKENS)
+        # Pub/Sub reuses a token for many pushes: one check per token, remembered no longer
+        # than its signing key is trusted.
+        self._verified: VerifiedTokens[ServiceIdentity] = VerifiedTokens(
+            MAX_CACHED_TOKENS, key_set=self._jwks
+        )
         self._leeway = leeway_seconds
         self._warned_unsigned = False
 
@@ -86,9 +89,13 @@ class ServiceTokenVerifier:
         header = unverified_header(token, realm=REALM)
         if header.get("alg") != "RS256":
             raise Unauthenticated("token algorithm is not allowed (RS256 only)", realm=REALM)
-        claims = self._claims_checked_by_platform(token) if is_signature_removed(token) else None
-        if claims is None:
+        # The key that verified it: ours (a signed token), or the platform's check (none here).
+        kid: str | None = None
+        if is_signature_removed(token):
+            claims = self._claims_checked_by_platform(token)
+        else:
             claims = self._decode(token, signing_key(self._jwks, "RS256", header, realm=REALM))
+            kid = header["kid"]
         email = claims.get("email")
         if not isinstance(email, str) or email.lower() not in self.allowed_emails:
             raise Forbidden("this service account may not call this endpoint")
@@ -96,7 +103,7 @@ class ServiceTokenVerifier:
         if claims.get("email_verified") not in (True, "true"):
             raise Forbidden("the service account email is not verified")
         identity = ServiceIdentity(email=email, subject=claims["sub"])
-        self._verified.put(token, identity, float(claims["exp"]))
+        self._verified.put(token, identity, float(claims["exp"]), kid=kid)
         return identity
 
     def _claims_checked_by_platform(self, token: str) -> dict[str, Any]:
