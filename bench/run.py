@@ -20,6 +20,7 @@ from bench import (
     db_work,
     dispatch,
     end_to_end,
+    peer,
     submit,
 )
 from bench.load import first_success
@@ -44,6 +45,9 @@ DB_POOL_SIZE = Settings.db_pool_size  # the shipped default
 ORDER = (
     "submit_rps",
     "end_to_end_jobs_per_s",
+    "peer_procrastinate_jobs_per_s",
+    "peer_procrastinate_cpu_ms_per_job",
+    "end_to_end_vs_procrastinate_ratio",
     "transactions_per_job",
     "statements_per_job",
     "round_trips_per_job",
@@ -82,6 +86,8 @@ def throughput(stack: Stack, size: Size, logs: Path) -> list[Figure]:
     log("2. end-to-end throughput")
     stack.users(size.users)
     e2e = end_to_end.measure(stack, size)
+    log(f"2. the same jobs through {peer.NAME}, on the same Postgres server")
+    other = peer.measure(stack, e2e.submit.requests, size.connections, logs / "peer")
     return [
         Figure(
             "submit_rps",
@@ -111,6 +117,45 @@ def throughput(stack: Stack, size: Size, logs: Path) -> list[Figure]:
                 "dispatch_under_load_p50_ms": e2e.dispatch_p50_ms,
                 "dispatch_under_load_p95_ms": e2e.dispatch_p95_ms,
                 "cpu_ms_per_job": e2e.cpu_ms_per_job,
+            },
+        ),
+        *peer_figures(e2e, other),
+    ]
+
+
+def peer_figures(e2e: end_to_end.EndToEnd, other: peer.PeerRun) -> list[Figure]:
+    """Figure 2 beside its peer: the same jobs through procrastinate, jobs/s and CPU per job."""
+    ours_cpu = round(sum(e2e.cpu_ms_per_job.values()), 2)
+    return [
+        Figure(
+            f"peer_{peer.NAME}_jobs_per_s",
+            f"2. {peer.NAME}, same jobs: jobs/s",
+            other.jobs_per_second,
+            "jobs/s",
+            e2e.jobs_per_second,
+            "genjobs end to end",
+            details=other.summary(),
+        ),
+        Figure(
+            f"peer_{peer.NAME}_cpu_ms_per_job",
+            f"2. {peer.NAME}, same jobs: CPU/job",
+            other.cpu_ms_total,
+            "ms",
+            ours_cpu,
+            "genjobs end to end",
+            details={"peer": other.cpu_ms_per_job, "genjobs": e2e.cpu_ms_per_job},
+        ),
+        Figure(
+            f"end_to_end_vs_{peer.NAME}_ratio",
+            f"2. genjobs ÷ {peer.NAME} jobs/s",
+            e2e.jobs_per_second / other.jobs_per_second if other.jobs_per_second else 0.0,
+            "",
+            1.0,
+            "parity",
+            details={
+                "cpu_ms_per_job_ratio": round(ours_cpu / other.cpu_ms_total, 2)
+                if other.cpu_ms_total
+                else None
             },
         ),
     ]

@@ -273,15 +273,31 @@ def cpu_seconds(stack: Stack) -> dict[str, float]:
     groups: dict[str, list[Any]] = {}
     for service in stack.supervisor.services:
         if service.process is not None and service.process.poll() is None:
-            with contextlib.suppress(psutil.NoSuchProcess):
-                root = psutil.Process(service.process.pid)
-                groups[service.name] = [root, *root.children(recursive=True)]
-    groups["postgres"] = [
+            groups[service.name] = process_tree(service.process.pid)
+    groups["postgres"] = database_backends(stack.db.name)
+    groups["bench"] = [psutil.Process()]
+    return group_cpu(groups)
+
+
+def database_backends(database: str) -> list[Any]:
+    """The Postgres backends connected to a database, by its name in their process title."""
+    return [
         p
         for p in psutil.process_iter(["cmdline"])
-        if p.info["cmdline"] and stack.db.name in " ".join(p.info["cmdline"])
+        if p.info["cmdline"] and database in " ".join(p.info["cmdline"])
     ]
-    groups["bench"] = [psutil.Process()]
+
+
+def process_tree(pid: int) -> list[Any]:
+    """A process and its descendants (empty once it has exited)."""
+    with contextlib.suppress(psutil.NoSuchProcess):
+        root = psutil.Process(pid)
+        return [root, *root.children(recursive=True)]
+    return []
+
+
+def group_cpu(groups: Mapping[str, list[Any]]) -> dict[str, float]:
+    """CPU seconds so far of each process, keyed `group:pid` for `cpu_delta`."""
     totals: dict[str, float] = {}
     for name, processes in groups.items():
         for process in processes:

@@ -15,6 +15,9 @@ ROOT = Path(__file__).resolve().parents[2]
 FIGURES = {
     "submit_rps",
     "end_to_end_jobs_per_s",
+    "peer_procrastinate_jobs_per_s",
+    "peer_procrastinate_cpu_ms_per_job",
+    "end_to_end_vs_procrastinate_ratio",
     "transactions_per_job",
     "statements_per_job",
     "round_trips_per_job",
@@ -60,5 +63,8 @@ def test_tiny_bench_writes_every_figure_next_to_its_baseline(tmp_path: Path) -> 
         assert figure["passed"] in (True, False, None), key
     # Every submit was accepted: the bench spreads them over users below the per-user limits.
     assert figures["submit_rps"]["details"]["api"]["errors"] == 0
+    # The peer ran as many jobs as our pipeline did, every one of them to success.
+    peer = figures["peer_procrastinate_jobs_per_s"]["details"]
+    assert peer["jobs"] == peer["succeeded"] == figures["end_to_end_jobs_per_s"]["details"]["jobs"]
     assert document["size"] == "tiny" and document["machine"]["cpus"] >= 1
     assert "1. submit req/s" in done.stdout
