@@ -203,7 +203,7 @@ class Supervisor:
         try:
             yield
         except ShutdownRequested:
-            pass
+            self.say("stopping every service (Ctrl-C again kills them at once)")
         finally:
             try:
                 self.stop()
