@@ -110,6 +110,7 @@ class Supervisor:
         self._pumps: list[threading.Thread] = []
         self._stopping = False
         self._shutdown_requested = False
+        self._stopped = threading.Event()
 
     def start(self, ready_timeout: float = 30) -> None:
         """Start every service and wait until each listens on its port."""
@@ -174,9 +175,11 @@ class Supervisor:
         """Restart dead services from a background thread until `stop()` (fault tests)."""
 
         def loop() -> None:
-            while not self._stopping:
+            # Lives until `stop()` has finished: the services this thread restarted get the
+            # parent-death SIGKILL when it ends, and should get stop()'s SIGTERM first.
+            while not self._stopped.is_set():
                 self.check()
-                time.sleep(interval)
+                self._stopped.wait(interval)
 
         threading.Thread(target=loop, name="supervisor-watch", daemon=True).start()
 
@@ -254,6 +257,7 @@ class Supervisor:
                 process.wait()
         for pump in self._pumps:  # the services' last lines, e.g. why one failed to stop
             pump.join(timeout=1)
+        self._stopped.set()
 
     def kill_all(self) -> None:
         """SIGKILL every service's process group now (a second Ctrl-C)."""
