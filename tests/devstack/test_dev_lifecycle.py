@@ -239,6 +239,8 @@ def test_sigkill_leaves_no_service_behind_and_lines_say_who_wrote_them(
         emulator = run.wait_for_line("pubsub-emulator ")
         assert emulator.index(" | ") == queued.index(" | ") == len("pubsub-emulator")
         assert "\x1b[" not in "\n".join(run.lines)
+        # A clean start says nothing a person must wonder about.
+        assert not [line for line in run.lines if "Warning" in line or "warnings.warn" in line]
 
         run.process.send_signal(signal.SIGKILL)
         run.process.wait(timeout=10)
