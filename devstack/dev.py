@@ -2,16 +2,18 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import sys
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
 import yaml
 
 from devstack.database import prepare_database
+from devstack.ports import busy_port_report
 from devstack.scheduler import LocalScheduler
 from devstack.signing import load_or_create_key
 from devstack.supervisor import ROOT, Service, Supervisor, function_service
@@ -226,26 +228,36 @@ def _safe_url(url: str) -> str:
 
 def run_dev(fault_profile: bool = False) -> int:
     """Prepare the database, start and supervise the stack until Ctrl-C."""
+    ports = Ports.from_env(os.environ)
+    openai_api_key = os.environ.get("OPENAI_API_KEY") or None
+    wanted = {k: v for k, v in asdict(ports).items() if openai_api_key is None or k != "stub_model"}
+    busy = busy_port_report(wanted)
+    if busy:  # said once, before anything starts: a restart loop would only repeat it
+        print("\n".join(f"[dev] {line}" for line in busy), file=sys.stderr)
+        print("[dev] stop it, or move genjobs with the *_PORT variables (README)", file=sys.stderr)
+        return 1
     database_url = prepare_database()
     flags: tuple[str, ...] = ()
     if fault_profile:
         flags = ("--duplicate-rate", "0.1", "--delay-rate", "0.1", "--max-delay", "2")
     config = StackConfig(
         database_url=database_url,
-        ports=Ports.from_env(os.environ),
-        openai_api_key=os.environ.get("OPENAI_API_KEY") or None,
+        ports=ports,
+        openai_api_key=openai_api_key,
         emulator_flags=flags,
     )
     load_or_create_key(config.signing_key)
     supervisor = Supervisor(build_services(config))
-    supervisor.start()
-    scheduler = start_scheduler(config)
-    print(banner(config), flush=True)
-    try:
-        supervisor.run_forever()
-    finally:
-        scheduler.stop()
-    print("[dev] stopped", flush=True)
+    with supervisor.stopping_on_signals():
+        supervisor.start()
+        scheduler = start_scheduler(config)
+        try:
+            print(banner(config), flush=True)
+            supervisor.supervise()
+        finally:
+            scheduler.stop()
+    with contextlib.suppress(OSError):  # the terminal may be gone (SIGHUP)
+        print("[dev] stopped", flush=True)
     return 0
 
 

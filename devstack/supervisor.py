@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import ctypes
 import os
 import signal
 import socket
@@ -10,12 +11,26 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from types import FrameType
 from typing import IO
 
+from devstack.console import Console
+from devstack.ports import busy_port_report
+
 ROOT = Path(__file__).resolve().parents[1]
+# Ways a person ends `genjobs dev`: Ctrl-C, `kill`, closing the terminal.
+SHUTDOWN_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
+
+
+class PortsBusy(RuntimeError):
+    """Some service's port is already taken: starting would only crash-loop."""
+
+
+class ShutdownRequested(BaseException):
+    """Raised in the main thread by the first shutdown signal (like KeyboardInterrupt)."""
 
 
 @dataclass
@@ -84,12 +99,24 @@ class Supervisor:
     ) -> None:
         self.services = list(services)
         self.log = log or sys.stderr
-        # Tests keep each process's output in a file of its own; `make run` shows it all.
+        # Tests keep each process's output in a file of its own; `make run` shows it all,
+        # each line prefixed with the service's name.
         self.output_dir = output_dir
+        self.console = (
+            Console(sys.stdout, [*(s.name for s in self.services), "dev"])
+            if output_dir is None
+            else None
+        )
+        self._pumps: list[threading.Thread] = []
         self._stopping = False
+        self._shutdown_requested = False
+        self._stopped = threading.Event()
 
     def start(self, ready_timeout: float = 30) -> None:
         """Start every service and wait until each listens on its port."""
+        busy = busy_port_report({s.name: s.port for s in self.services})
+        if busy:
+            raise PortsBusy("; ".join(busy))
         for service in self.services:
             self._spawn(service)
         for service in self.services:
@@ -99,7 +126,7 @@ class Supervisor:
 
     def _spawn(self, service: Service) -> None:
         env = {**os.environ, **service.env}
-        output = None
+        output: IO[bytes] | int | None = subprocess.PIPE if self.console else None
         if self.output_dir is not None:
             output = (self.output_dir / f"{service.name}.log").open("ab")
         try:
@@ -110,10 +137,21 @@ class Supervisor:
                 start_new_session=True,
                 stdout=output,
                 stderr=subprocess.STDOUT if output else None,
+                # Safe beside our threads: it takes no lock, imports nothing, only syscalls.
+                preexec_fn=_die_with_parent(),  # noqa: PLW1509
             )
         finally:
-            if output is not None:
+            if self.output_dir is not None and output is not None and not isinstance(output, int):
                 output.close()
+        if self.console is not None and service.process.stdout is not None:
+            self._pumps.append(self.console.pump(service.name, service.process.stdout))
+
+    def say(self, message: str) -> None:
+        """A line from the supervisor itself."""
+        if self.console is not None:
+            self.console.write("dev", message)
+        else:
+            print(f"[dev] {message}", file=self.log, flush=True)
 
     def check(self) -> None:
         """Restart any service that died, with a growing delay (as the platform would)."""
@@ -125,11 +163,8 @@ class Supervisor:
             if service.next_start == 0.0:
                 delay = min(10.0, 0.5 * 2 ** min(service.restarts, 5))
                 service.next_start = now + delay
-                print(
-                    f"[dev] {service.name} exited with {process.returncode}; "
-                    f"restarting in {delay:.1f}s",
-                    file=self.log,
-                    flush=True,
+                self.say(
+                    f"{service.name} exited with {process.returncode}; restarting in {delay:.1f}s"
                 )
             elif now >= service.next_start:
                 service.restarts += 1
@@ -140,23 +175,44 @@ class Supervisor:
         """Restart dead services from a background thread until `stop()` (fault tests)."""
 
         def loop() -> None:
-            while not self._stopping:
+            # Lives until `stop()` has finished: the services this thread restarted get the
+            # parent-death SIGKILL when it ends, and should get stop()'s SIGTERM first.
+            while not self._stopped.is_set():
                 self.check()
-                time.sleep(interval)
+                self._stopped.wait(interval)
 
         threading.Thread(target=loop, name="supervisor-watch", daemon=True).start()
 
-    def run_forever(self) -> None:
-        """Supervise until SIGINT/SIGTERM, then stop everything."""
-        signal.signal(signal.SIGTERM, lambda *_: (_ for _ in ()).throw(KeyboardInterrupt()))
+    def supervise(self, interval: float = 0.25) -> None:
+        """Restart dead services until a shutdown signal (see `stopping_on_signals`)."""
+        while True:
+            self.check()
+            time.sleep(interval)
+
+    @contextlib.contextmanager
+    def stopping_on_signals(self) -> Iterator[None]:
+        """Inside the block, Ctrl-C, SIGTERM or SIGHUP (terminal closed) ends the block and
+        stops every service; a second one kills them at once. Main thread only."""
+
+        def handle(signum: int, _frame: FrameType | None) -> None:
+            if not self._stopping and not self._shutdown_requested:
+                self._shutdown_requested = True
+                raise ShutdownRequested
+            self.kill_all()
+            os._exit(128 + signum)
+
+        self._shutdown_requested = False
+        previous = {sig: signal.signal(sig, handle) for sig in SHUTDOWN_SIGNALS}
         try:
-            while True:
-                self.check()
-                time.sleep(0.25)
-        except KeyboardInterrupt:
-            pass
+            yield
+        except ShutdownRequested:
+            self.say("stopping every service (Ctrl-C again kills them at once)")
         finally:
-            self.stop()
+            try:
+                self.stop()
+            finally:
+                for sig, handler in previous.items():
+                    signal.signal(sig, handler)
 
     def pause(self, name: str) -> None:
         """Stop one service and keep it down until `resume` (fault tests)."""
@@ -199,6 +255,39 @@ class Supervisor:
             except subprocess.TimeoutExpired:
                 _signal_group(process, signal.SIGKILL)
                 process.wait()
+        for pump in self._pumps:  # the services' last lines, e.g. why one failed to stop
+            pump.join(timeout=1)
+        self._stopped.set()
+
+    def kill_all(self) -> None:
+        """SIGKILL every service's process group now (a second Ctrl-C)."""
+        self._stopping = True
+        for service in self.services:
+            if service.process is not None:
+                _signal_group(service.process, signal.SIGKILL)
+
+
+def _die_with_parent() -> Callable[[], None] | None:
+    """A preexec_fn that has Linux SIGKILL the child when the supervisor dies, even by SIGKILL
+    (nothing else would stop it: the child leads its own session). None off Linux.
+
+    Linux sends it when the *thread* that started the child ends: spawn from the main thread
+    or from a thread that lives as long as the services (`watch`)."""
+    if not sys.platform.startswith("linux"):
+        return None
+    # Resolved before fork: the child may only make the one system call.
+    prctl = ctypes.CDLL(None, use_errno=True).prctl
+    parent = os.getpid()
+
+    def set_parent_death_signal() -> None:
+        prctl(_PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
+        if os.getppid() != parent:  # the supervisor died before prctl took effect
+            os.kill(os.getpid(), signal.SIGKILL)
+
+    return set_parent_death_signal
+
+
+_PR_SET_PDEATHSIG = 1  # <linux/prctl.h>
 
 
 def _signal_group(process: subprocess.Popen[bytes], sig: int) -> None:

@@ -155,17 +155,18 @@ _LOCAL_HOSTS = {None, "", "localhost", "127.0.0.1", "::1"}
 
 def embedded_database_url(data_dir: str) -> str:
     """Start (or join) the embedded pgserver Postgres; data stays in a git-ignored folder."""
-    try:
-        from pgserver import get_server  # type: ignore[attr-defined]
-    except ImportError as error:
-        raise ConfigurationError(
-            "no DATABASE_URL and the embedded Postgres (pgserver) is not installed"
-        ) from error
     path = Path(data_dir).resolve()
     path.mkdir(parents=True, exist_ok=True)
     with warnings.catch_warnings():
-        # platformdirs warns when XDG_RUNTIME_DIR is unset (containers, CI): harmless here.
-        warnings.simplefilter("ignore")
+        # pgserver asks platformdirs for a runtime dir on import, which warns when
+        # XDG_RUNTIME_DIR is unset (containers, CI, ssh): harmless, it falls back to /tmp.
+        warnings.filterwarnings("ignore", message="XDG_RUNTIME_DIR is not set")
+        try:
+            from pgserver import get_server  # type: ignore[attr-defined]
+        except ImportError as error:
+            raise ConfigurationError(
+                "no DATABASE_URL and the embedded Postgres (pgserver) is not installed"
+            ) from error
         server = get_server(str(path), cleanup_mode=None)
     uri: str = server.get_uri()
     return uri

@@ -130,3 +130,56 @@ def _is_hex(value: str, length: int) -> bool:
         and all(c in "0123456789abcdefABCDEF" for c in value)
         and value.strip("0") != ""  # all zeros is W3C's "invalid trace id"
     )
+
+
+# Keys every line has; the terminal view shows them in its own layout, not as key=value.
+_LAYOUT_KEYS = frozenset({"severity", "message", "time", "logger", TRACE_KEY, "stack_trace"})
+_SEVERITY_COLOURS = {"DEBUG": "2", "WARNING": "33", "ERROR": "31;1", "CRITICAL": "31;1"}
+
+
+def render_for_terminal(line: str, *, colour: bool = False) -> str:
+    """A CloudJsonFormatter line as one compact readable line (and its stack trace, if any);
+    any other line unchanged. For people watching `make run`, never for Cloud Logging."""
+    entry = _json_log_entry(line)
+    if entry is None:
+        return line
+    severity = str(entry.get("severity", "DEFAULT"))
+    head = f"{severity:<7}"
+    if colour and severity in _SEVERITY_COLOURS:
+        head = f"\x1b[{_SEVERITY_COLOURS[severity]}m{head}\x1b[0m"
+    parts = [_clock(entry.get("time")), head, str(entry.get("message", ""))]
+    logger = str(entry.get("logger", ""))
+    if logger and not logger.startswith("genjobs"):
+        parts.append(f"[{logger}]")
+    parts += [f"{key}={value}" for key, value in entry.items() if key not in _LAYOUT_KEYS]
+    trace = entry.get(TRACE_KEY)
+    if trace:
+        # The id's first 8 digits tell lines of one request apart; grep the JSON for all 32.
+        parts.append(f"trace={str(trace).rsplit('/', 1)[-1][:8]}")
+    rendered = " ".join(part for part in parts[:3] if part)
+    if len(parts) > 3:
+        rendered += "  " + " ".join(parts[3:])
+    stack = entry.get("stack_trace")
+    return f"{rendered}\n{str(stack).rstrip()}" if stack else rendered
+
+
+def _json_log_entry(line: str) -> dict[str, Any] | None:
+    text = line.strip()
+    if not (text.startswith("{") and text.endswith("}")):
+        return None
+    try:
+        entry = json.loads(text)
+    except ValueError:
+        return None
+    if not isinstance(entry, dict) or "severity" not in entry or "message" not in entry:
+        return None
+    return entry
+
+
+def _clock(value: Any) -> str:
+    """HH:MM:SS.mmm in the viewer's time zone, or nothing if the time is missing."""
+    try:
+        moment = datetime.fromisoformat(str(value))
+    except ValueError:
+        return ""
+    return moment.astimezone().strftime("%H:%M:%S.%f")[:-3]

@@ -14,10 +14,25 @@ log = logging.getLogger(__name__)
 FILTERED = "[Filtered]"
 # Environment variables whose values are secrets wherever they turn up in an event.
 _SECRET_ENV_NAME = re.compile(r"KEY|SECRET|PASSWORD|TOKEN|DSN|DATABASE_URL", re.IGNORECASE)
-# Keys whose values are dropped whatever they hold (headers, frame variables, extras).
-_SECRET_KEY = re.compile(
-    r"authorization|cookie|password|passwd|secret|token|api_?key|dsn|database_url|jwt",
-    re.IGNORECASE,
+# Key names (any case, at any depth) whose values Sentry's EventScrubber replaces with
+# [Filtered], on top of its own list (password, secret, token, api_key, authorization, cookie…).
+SECRET_KEY_NAMES = (
+    "dsn",
+    "sentry_dsn",
+    "database_url",
+    "database_url_secret",
+    "db_password",
+    "openai_api_key",
+    "openai_api_key_secret",
+    "supabase_jwt_secret",
+    "jwt",
+    "access_token",
+    "refresh_token",
+    "id_token",
+    "client_secret",
+    "api-key",
+    "x-api-key",
+    "x-goog-iap-jwt-assertion",
 )
 # Secret-shaped text: bearer tokens, JWTs, OpenAI keys, passwords inside URLs.
 _SECRET_TEXT = (
@@ -44,7 +59,8 @@ def secret_values_from_env(env: Mapping[str, str]) -> set[str]:
 
 
 def scrub_event(event: dict[str, Any], secrets: Iterable[str]) -> dict[str, Any]:
-    """The event without request headers, cookies, bodies or anything equal to a secret."""
+    """The event without request headers, cookies, bodies or any secret-looking text (secret
+    key names are the EventScrubber's job, before this runs)."""
     request = event.get("request")
     if isinstance(request, dict):
         headers = request.get("headers")
@@ -64,10 +80,7 @@ def _scrub(value: Any, secrets: list[str]) -> Any:
     if isinstance(value, str):
         return _scrub_text(value, secrets)
     if isinstance(value, dict):
-        return {
-            key: FILTERED if _SECRET_KEY.search(str(key)) else _scrub(item, secrets)
-            for key, item in value.items()
-        }
+        return {key: _scrub(item, secrets) for key, item in value.items()}
     if isinstance(value, list | tuple):
         return [_scrub(item, secrets) for item in value]
     return value
@@ -96,6 +109,7 @@ def configure_sentry(
     try:
         # Not a dependency: a deployment that wants Sentry adds sentry-sdk to its image.
         sentry_sdk: Any = importlib.import_module("sentry_sdk")
+        scrubber: Any = importlib.import_module("sentry_sdk.scrubber")
     except ImportError:
         log.warning("SENTRY_DSN is set but sentry-sdk is not installed: errors stay in the logs")
         return False
@@ -104,7 +118,10 @@ def configure_sentry(
         dsn=dsn,
         environment=environment,
         release=release,
-        send_default_pii=False,
+        # No PII is the SDK's default (its send_default_pii is deprecated: left unset).
+        event_scrubber=scrubber.EventScrubber(
+            denylist=[*scrubber.DEFAULT_DENYLIST, *SECRET_KEY_NAMES], recursive=True
+        ),
         include_local_variables=False,
         max_request_body_size="never",
         before_send=_before_send(known),

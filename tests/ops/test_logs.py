@@ -1,17 +1,13 @@
-"""Cloud Logging JSON, one trace from api through message to worker, and Sentry scrubbing."""
+"""Cloud Logging JSON, and one trace from api through message to worker."""
 
 from __future__ import annotations
 
 import io
 import json
 import logging
-import sys
 import threading
-import types
 import uuid
 from typing import Any
-
-import pytest
 
 from genjobs.logs import (
     TRACE_KEY,
@@ -20,7 +16,6 @@ from genjobs.logs import (
     new_trace_id,
     trace_id_from_headers,
 )
-from genjobs.sentry import FILTERED, configure_sentry, scrub_event, secret_values_from_env
 from tests.stack import Stack
 
 TRACE = "0af7651916cd43dd8448eb211c80319c"
@@ -95,51 +90,6 @@ def test_trace_id_from_cloud_and_w3c_headers() -> None:
     assert trace_id_from_headers({}) is None
     fresh = new_trace_id()
     assert trace_id_from_headers({"X-Cloud-Trace-Context": fresh}) == fresh
-
-
-def test_sentry_events_lose_headers_bodies_and_every_secret() -> None:
-    secret = "sk-live-abcdefghijklmnopqrstuvwxyz"
-    event = {
-        "request": {
-            "headers": {"Authorization": "Bearer eyJabc.def.ghi", "User-Agent": "curl/8"},
-            "cookies": {"sb": "x"},
-            "data": {"input": {"text": "a user's prompt"}},
-        },
-        "exception": {"values": [{"value": f"openai said no to key {secret}"}]},
-        "extra": {"dsn": "https://k@sentry.example/1", "url": "postgresql://app:hunter22@db/x"},
-        "breadcrumbs": [{"message": "token eyJhbGciOi.eyJzdWIi.c2ln sent"}],
-    }
-    scrubbed = scrub_event(event, [secret])
-    assert scrubbed["request"] == {"headers": {"User-Agent": "curl/8"}}
-    assert scrubbed["exception"]["values"][0]["value"] == f"openai said no to key {FILTERED}"
-    assert scrubbed["extra"]["dsn"] == FILTERED
-    assert scrubbed["extra"]["url"] == f"postgresql://app:{FILTERED}@db/x"
-    assert scrubbed["breadcrumbs"][0]["message"] == f"token {FILTERED} sent"
-    assert "hunter22" not in json.dumps(scrubbed) and secret not in json.dumps(scrubbed)
-
-
-def test_secret_values_come_from_secret_named_variables() -> None:
-    env = {"OPENAI_API_KEY": "sk-123456789", "DATABASE_URL": "postgresql://u:p@h/d", "HOME": "/r"}
-    assert secret_values_from_env(env) == {"sk-123456789", "postgresql://u:p@h/d"}
-
-
-def test_sentry_is_off_without_dsn_or_sdk_and_scrubs_when_on(
-    monkeypatch: pytest.MonkeyPatch,
-) -> None:
-    assert configure_sentry(None, environment="local", role="api") is False
-    monkeypatch.setitem(sys.modules, "sentry_sdk", None)  # not installed
-    assert configure_sentry("https://k@sentry.example/1", environment="local", role="api") is False
-
-    calls: dict[str, Any] = {}
-    fake = types.ModuleType("sentry_sdk")
-    fake.init = lambda **options: calls.update(options)  # type: ignore[attr-defined]
-    fake.set_tag = lambda key, value: calls.update({f"tag:{key}": value})  # type: ignore[attr-defined]
-    monkeypatch.setitem(sys.modules, "sentry_sdk", fake)
-    monkeypatch.setenv("OPENAI_API_KEY", "sk-test-0123456789abcdef")
-    assert configure_sentry("https://k@sentry.example/1", environment="cloud", role="worker")
-    assert calls["send_default_pii"] is False and calls["tag:function"] == "worker"
-    event = calls["before_send"]({"message": "key sk-test-0123456789abcdef leaked"}, None)
-    assert event["message"] == f"key {FILTERED} leaked"
 
 
 def json_lines(stack: Stack, service: str) -> list[dict[str, Any]]:
