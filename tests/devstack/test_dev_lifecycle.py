@@ -45,6 +45,9 @@ PORT_VARIABLES = {
     "pubsub": "PUBSUB_EMULATOR_PORT",
     "pubsub_http": "PUBSUB_EMULATOR_HTTP_PORT",
     "stub_model": "STUB_MODEL_PORT",
+    "worker_container": "WORKER_CONTAINER_PORT",
+    "dead_letter_container": "DEAD_LETTER_CONTAINER_PORT",
+    "sweeper_container": "SWEEPER_CONTAINER_PORT",
 }
 
 
