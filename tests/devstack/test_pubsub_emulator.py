@@ -297,7 +297,7 @@ def test_subscription_admin_operations_and_their_errors(pubsub: Harness) -> None
                 "ack_deadline_seconds": 5,
             }
         )
-    with pytest.raises(gexc.InvalidArgument):
+    with pytest.raises(gexc.OutOfRange):  # Google's status for this bound
         pubsub.subscriber.create_subscription(
             request={
                 "name": sub_path("bad-dlq"),
