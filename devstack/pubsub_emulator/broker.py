@@ -282,7 +282,7 @@ class Broker:
                 self._cond.wait(timeout)
 
     def acknowledge(self, name: str, ack_ids: Sequence[str]) -> None:
-        """Acknowledge messages; unknown or expired ack ids are ignored, as Pub/Sub does."""
+        """Acknowledge; stale ack ids are ignored as Pub/Sub does, ones never handed out refused."""
         parse_subscription(name)
         _check_ack_ids(name, ack_ids)
         with self._cond:

@@ -163,6 +163,11 @@ def start_google(workdir: Path, project: str, gcloud: str) -> EmulatorProcess:
         # gcloud writes to its configuration directory: never the developer's own.
         "CLOUDSDK_CONFIG": str(workdir / "gcloud-config"),
         "CLOUDSDK_CORE_DISABLE_PROMPTS": "1",
+        # The emulator's own launcher reads this: a client-style JIT and GC start the JVM
+        # about 2 s sooner on a small machine.
+        "CLOUD_PUBSUB_EMULATOR_OPTS": os.environ.get(
+            "CLOUD_PUBSUB_EMULATOR_OPTS", "-XX:TieredStopAtLevel=1 -XX:+UseSerialGC"
+        ),
     }
     data_dir = workdir / "google-data"
     data_dir.mkdir()

@@ -250,10 +250,9 @@ def test_modify_ack_deadline_extends_and_expiry_counts_an_attempt(emu: Emu) -> N
     (first,) = emu.pull(subscription, 1)
     assert first.delivery_attempt == 1
     emu.modack(subscription, [first], 1)
-    time.sleep(0.5)
-    emu.modack(subscription, [first], 2)  # extended before the 1 s deadline passed
+    emu.modack(subscription, [first], 2)  # the later deadline replaces the earlier one
     extended_at = time.monotonic()
-    emu.pull_nothing(subscription, 1.2)
+    emu.pull_nothing(subscription, 1.3)
     (second,) = emu.pull(subscription, 1)
     assert 1.9 <= time.monotonic() - extended_at < 3.5
     assert second.delivery_attempt == 2  # an expired deadline counts as a delivery attempt
@@ -281,7 +280,7 @@ def test_delivery_attempts_then_dead_letter_with_its_attributes(emu: Emu) -> Non
         "poison",
         topic,
         dead_letter_policy={"dead_letter_topic": dead_letter, "max_delivery_attempts": 5},
-        retry_policy={"minimum_backoff": timedelta(seconds=0.5), "maximum_backoff": "1s"},
+        retry_policy={"minimum_backoff": timedelta(seconds=0.3), "maximum_backoff": "0.6s"},
     )
     message_id = emu.publish(topic, b"poison", origin="conformance")
 
@@ -297,13 +296,13 @@ def test_delivery_attempts_then_dead_letter_with_its_attributes(emu: Emu) -> Non
         emu.modack(subscription, [received], 0)
         nacked_at = time.monotonic()
     assert attempts == [1, 2, 3, 4, 5]
-    # Ours follows the retry policy (0.5 s doubling up to 1 s); Google's ignores it and
+    # Ours follows the retry policy (0.3 s doubling up to 0.6 s); Google's ignores it and
     # redelivers the first nack at once (later ones after about 2-3 s).
     if emu.expect(ours=True, google=False):
-        for gap, expected in zip(gaps, [0.5, 1.0, 1.0, 1.0], strict=True):
-            assert expected * 0.9 <= gap < expected + 0.5, gaps
+        for gap, expected in zip(gaps, [0.3, 0.6, 0.6, 0.6], strict=True):
+            assert expected * 0.9 <= gap < expected + 0.4, gaps
     else:
-        assert gaps[0] < 0.5, gaps
+        assert gaps[0] < 0.3, gaps
 
     if emu.expect(ours=False, google=True):
         # Google's moves the message to the dead-letter topic only when its subscription is
@@ -377,7 +376,7 @@ def test_order_of_redeliveries(emu: Emu) -> None:
     emu.modack(subscription, redelivered[2:], 1)
     time.sleep(0.5)
     emu.modack(subscription, redelivered[:2], 1)
-    time.sleep(1.5)
+    time.sleep(1.2)
     expired = emu.pull(subscription, 4)
     assert data(expired) == ["m3", "m2", "m1", "m0"]
     emu.ack(subscription, expired)
@@ -387,7 +386,7 @@ def test_order_of_redeliveries(emu: Emu) -> None:
     (x,) = emu.pull(subscription, 1)
     emu.publish(topic, b"Y")
     emu.modack(subscription, [x], 1)
-    time.sleep(1.5)
+    time.sleep(1.2)
     first_two = emu.pull(subscription, 2)
     assert data(first_two) == ["X", "Y"]
     # ...while a nacked one goes behind one published before the nack.
