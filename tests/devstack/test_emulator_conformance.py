@@ -91,17 +91,18 @@ class Emu:
             remaining = end - time.monotonic()
             if remaining <= 0:
                 pytest.fail(f"{self.kind}: {len(received)} of {count} messages in {timeout}s")
-            received += self._pull_once(subscription, count - len(received), min(remaining, 5.0))
+            received += self.pull_once(subscription, count - len(received), min(remaining, 5.0))
         return received
 
     def pull_nothing(self, subscription: str, seconds: float) -> None:
         """Assert that nothing is delivered for `seconds`."""
         end = time.monotonic() + seconds
         while (remaining := end - time.monotonic()) > 0:
-            got = self._pull_once(subscription, 10, remaining)
+            got = self.pull_once(subscription, 10, remaining)
             assert not got, f"{self.kind}: unexpected {[m.message.data for m in got]}"
 
-    def _pull_once(self, subscription: str, limit: int, timeout: float) -> list[ReceivedMessage]:
+    def pull_once(self, subscription: str, limit: int, timeout: float) -> list[ReceivedMessage]:
+        """One Pull call; a deadline exceeded counts as nothing delivered."""
         try:
             response = self.subscriber.pull(
                 subscription=subscription, max_messages=limit, timeout=timeout
@@ -186,10 +187,10 @@ def test_publish_pull_and_ack(emu: Emu) -> None:
     # An empty Pull: ours answers within PULL_WAIT_SECONDS, Google's holds it until about a
     # second before the client's deadline.
     started = time.monotonic()
-    response = emu.subscriber.pull(subscription=subscription, max_messages=10, timeout=3.0)
+    response = emu.subscriber.pull(subscription=subscription, max_messages=10, timeout=4.0)
     waited = time.monotonic() - started
     assert not response.received_messages
-    low, high = emu.expect(ours=(PULL_WAIT_SECONDS * 0.9, 1.5), google=(1.5, 3.0))
+    low, high = emu.expect(ours=(PULL_WAIT_SECONDS * 0.9, 2.0), google=(2.5, 4.0))
     assert low <= waited < high, waited
 
 
@@ -200,6 +201,19 @@ def test_subscription_sees_only_messages_published_after_it(emu: Emu) -> None:
     emu.pull_nothing(late, 1.0)
     emu.publish(topic, b"after")
     assert [m.message.data for m in emu.pull(late, 1)] == [b"after"]
+
+
+def test_a_pull_that_timed_out_takes_no_message(emu: Emu) -> None:
+    topic = emu.topic("gave-up")
+    subscription = emu.subscription("gave-up", topic)
+    started = time.monotonic()
+    assert emu.pull_once(subscription, 1, timeout=0.5) == []
+    # Published after the client gave up but within the server's usual 1 s wait: a server
+    # still waiting would hand it to nobody, and it would be lost for the 10 s ack deadline.
+    time.sleep(max(0.0, 0.7 - (time.monotonic() - started)))
+    emu.publish(topic, b"late")
+    (received,) = emu.pull(subscription, 1, timeout=3)
+    assert received.message.data == b"late"
 
 
 # -- nack, ack ids, modify-ack-deadline ---------------------------------------------------
@@ -305,11 +319,19 @@ def test_delivery_attempts_then_dead_letter_with_its_attributes(emu: Emu) -> Non
         assert gaps[0] < 0.3, gaps
 
     if emu.expect(ours=False, google=True):
-        # Google's moves the message to the dead-letter topic only when its subscription is
-        # pulled again; ours (and Google's own push subscriptions) do at the last failure.
-        emu.pull_nothing(dead_letter_pull, 1.0)
-        emu.pull_nothing(subscription, 1.0)
-    (dead,) = emu.pull(dead_letter_pull, 1)
+        # Google's moves the message to the dead-letter topic only once its subscription is
+        # pulled after the redelivery falls due (its schedule: about 3 s); ours (and Google's
+        # own push subscriptions) at the last failure.
+        emu.pull_nothing(dead_letter_pull, 3.5)
+        dead_letters: list[ReceivedMessage] = []
+        end = time.monotonic() + 10
+        while not dead_letters and time.monotonic() < end:
+            emu.pull_nothing(subscription, 0.5)
+            dead_letters = emu.pull_once(dead_letter_pull, 1, 0.5)
+        assert len(dead_letters) == 1, "pulling the subscription did not dead-letter it"
+        (dead,) = dead_letters
+    else:
+        (dead,) = emu.pull(dead_letter_pull, 1)
     assert dead.message.data == b"poison"
     assert dead.message.message_id != message_id
     assert dead.delivery_attempt == 0
@@ -376,7 +398,7 @@ def test_order_of_redeliveries(emu: Emu) -> None:
     emu.modack(subscription, redelivered[2:], 1)
     time.sleep(0.5)
     emu.modack(subscription, redelivered[:2], 1)
-    time.sleep(1.2)
+    time.sleep(1.4)
     expired = emu.pull(subscription, 4)
     assert data(expired) == ["m3", "m2", "m1", "m0"]
     emu.ack(subscription, expired)
@@ -386,7 +408,7 @@ def test_order_of_redeliveries(emu: Emu) -> None:
     (x,) = emu.pull(subscription, 1)
     emu.publish(topic, b"Y")
     emu.modack(subscription, [x], 1)
-    time.sleep(1.2)
+    time.sleep(1.4)
     first_two = emu.pull(subscription, 2)
     assert data(first_two) == ["X", "Y"]
     # ...while a nacked one goes behind one published before the nack.
