@@ -283,10 +283,143 @@ def test_modify_ack_deadline_extends_and_expiry_counts_an_attempt(emu: Emu) -> N
     emu.pull_nothing(subscription, 1.0)
 
 
+# -- push ---------------------------------------------------------------------------------
+
+
+@dataclass
+class Push:
+    """One request the push endpoint received."""
+
+    at: float
+    path: str
+    headers: dict[str, str]
+    body: dict[str, Any]
+
+
+@pytest.fixture
+def push_endpoint() -> Iterator[tuple[str, list[Push]]]:
+    """A real HTTP endpoint: 500 for messages with attribute verdict=fail, else 204."""
+    pushes: list[Push] = []
+
+    class Handler(BaseHTTPRequestHandler):
+        def do_POST(self) -> None:
+            body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
+            pushes.append(Push(time.monotonic(), self.path, dict(self.headers), body))
+            failing = body["message"].get("attributes", {}).get("verdict") == "fail"
+            self.send_response(500 if failing else 204)
+            self.send_header("Content-Length", "0")
+            self.end_headers()
+
+        def log_message(self, format: str, *args: Any) -> None:
+            pass
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    server.daemon_threads = True
+    thread = threading.Thread(target=server.serve_forever, args=(0.05,), daemon=True)
+    thread.start()
+    try:
+        yield f"http://127.0.0.1:{server.server_address[1]}/push?token=conformance", pushes
+    finally:
+        server.shutdown()
+        server.server_close()
+
+
+@dataclass(frozen=True)
+class FailingPush:
+    """A push subscription with one message its endpoint acks and one it always fails."""
+
+    subscription: str
+    dead_letter_pull: str
+    topic: str
+    ok_id: str
+    bad_id: str
+
+
+def start_failing_push(emu: Emu, url: str) -> FailingPush:
+    """Create the subscriptions and publish; Pub/Sub pushes from then on."""
+    dead_letter = emu.topic("push-dl")
+    dead_letter_pull = emu.subscription("push-dl", dead_letter)
+    topic = emu.topic("push")
+    subscription = emu.subscription(
+        "push",
+        topic,
+        push_config={
+            "push_endpoint": url,
+            "oidc_token": {"service_account_email": PUSH_ACCOUNT, "audience": PUSH_AUDIENCE},
+        },
+        dead_letter_policy={"dead_letter_topic": dead_letter, "max_delivery_attempts": 5},
+        retry_policy={"minimum_backoff": timedelta(seconds=0.2), "maximum_backoff": "0.4s"},
+    )
+    ok_id = emu.publish(topic, b"fine", verdict="ok")
+    bad_id = emu.publish(topic, b"broken", verdict="fail")
+    return FailingPush(subscription, dead_letter_pull, topic, ok_id, bad_id)
+
+
+def check_failing_push(emu: Emu, case: FailingPush, pushes: list[Push]) -> None:
+    """The envelope of every push, the retries, the dead letter, then a switch to pull."""
+    subscription, ok_id = case.subscription, case.ok_id
+    (dead,) = emu.pull(case.dead_letter_pull, 1, timeout=30)
+    emu.ack(case.dead_letter_pull, [dead])
+
+    assert [p.body["message"]["messageId"] for p in pushes].count(ok_id) == 1  # 204 acks
+    failed = [p for p in pushes if p.body["message"]["messageId"] == case.bad_id]
+    assert len(failed) == 5
+    for push in pushes:
+        assert push.path == "/push?token=conformance"
+        assert push.headers["Content-Type"] == "application/json"
+        message = push.body["message"]
+        ok = message["messageId"] == ok_id
+        assert message == {
+            "attributes": {"verdict": "ok" if ok else "fail"},
+            "data": base64.b64encode(b"fine" if ok else b"broken").decode(),
+            "messageId": message["messageId"],
+            "message_id": message["messageId"],
+            "publishTime": message["publishTime"],
+            "publish_time": message["publishTime"],
+        }
+        assert message["publishTime"] == rfc3339_millis(
+            datetime.fromisoformat(message["publishTime"])
+        )
+        assert push.body["subscription"] == subscription
+        # Google's sends no OIDC token; ours signs one as Pub/Sub does.
+        token = push.headers.get("Authorization", "").removeprefix("Bearer ")
+        if emu.expect(ours=True, google=False):
+            claims = jwt.decode(token, options={"verify_signature": False})
+            assert (claims["aud"], claims["email"]) == (PUSH_AUDIENCE, PUSH_ACCOUNT)
+        else:
+            assert not token
+    # With a dead-letter policy Pub/Sub adds deliveryAttempt to the body; Google's does not.
+    assert [p.body.get("deliveryAttempt") for p in failed] == emu.expect(
+        ours=[1, 2, 3, 4, 5], google=[None] * 5
+    )
+    # Ours follows the retry policy; Google's retries on its own schedule (about 1 s, then 3 s).
+    gaps = [later.at - earlier.at for earlier, later in itertools.pairwise(failed)]
+    if emu.expect(ours=True, google=False):
+        for gap, expected in zip(gaps, [0.2, 0.4, 0.4, 0.4], strict=True):
+            assert expected * 0.9 <= gap < expected + 0.4, gaps
+    else:
+        assert min(gaps) > 0.5, gaps
+
+    assert dead.message.data == b"broken"
+    attributes = dict(dead.message.attributes)
+    assert attributes["CloudPubSubDeadLetterSourceDeliveryCount"] == "5"
+    original_publish_time = failed[0].body["message"]["publishTime"]
+    assert attributes["CloudPubSubDeadLetterSourceTopicPublishTime"] == original_publish_time
+
+    # An empty push config turns the subscription into a pull one.
+    emu.subscriber.modify_push_config(subscription=subscription, push_config={})
+    emu.publish(case.topic, b"pulled now", verdict="ok")
+    (pulled,) = emu.pull(subscription, 1)
+    assert pulled.message.data == b"pulled now"
+    emu.ack(subscription, [pulled])
+    assert len(pushes) == 6
+
+
 # -- delivery attempts and dead-lettering -------------------------------------------------
 
 
-def test_delivery_attempts_then_dead_letter_with_its_attributes(emu: Emu) -> None:
+def nack_until_dead_lettered(emu: Emu) -> None:
+    """Five deliveries by pull, each nacked, then the dead letter and its attributes."""
     dead_letter = emu.topic("pull-dl")
     dead_letter_pull = emu.subscription("pull-dl", dead_letter)
     topic = emu.topic("poison")
@@ -346,6 +479,16 @@ def test_delivery_attempts_then_dead_letter_with_its_attributes(emu: Emu) -> Non
     }
     emu.ack(dead_letter_pull, [dead])
     emu.pull_nothing(subscription, 1.0)  # no sixth delivery
+
+
+def test_dead_letter_after_max_attempts_by_pull_and_by_push(
+    emu: Emu, push_endpoint: tuple[str, list[Push]]
+) -> None:
+    """Both at once: Google's emulator spends about 10 s on each, whatever the retry policy."""
+    url, pushes = push_endpoint
+    push = start_failing_push(emu, url)
+    nack_until_dead_lettered(emu)
+    check_failing_push(emu, push, pushes)
 
 
 def test_streaming_pull_nack_then_ack(emu: Emu) -> None:
@@ -417,134 +560,6 @@ def test_order_of_redeliveries(emu: Emu) -> None:
     emu.modack(subscription, first_two[:1], 0)
     time.sleep(0.3)
     assert data(emu.pull(subscription, 2)) == ["Z", "X"]
-
-
-# -- push ---------------------------------------------------------------------------------
-
-
-@dataclass
-class Push:
-    """One request the push endpoint received."""
-
-    at: float
-    path: str
-    headers: dict[str, str]
-    body: dict[str, Any]
-
-
-@pytest.fixture
-def push_endpoint() -> Iterator[tuple[str, list[Push]]]:
-    """A real HTTP endpoint: 500 for messages with attribute verdict=fail, else 204."""
-    pushes: list[Push] = []
-
-    class Handler(BaseHTTPRequestHandler):
-        def do_POST(self) -> None:
-            body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
-            pushes.append(Push(time.monotonic(), self.path, dict(self.headers), body))
-            failing = body["message"].get("attributes", {}).get("verdict") == "fail"
-            self.send_response(500 if failing else 204)
-            self.send_header("Content-Length", "0")
-            self.end_headers()
-
-        def log_message(self, format: str, *args: Any) -> None:
-            pass
-
-    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-    server.daemon_threads = True
-    thread = threading.Thread(target=server.serve_forever, args=(0.05,), daemon=True)
-    thread.start()
-    try:
-        yield f"http://127.0.0.1:{server.server_address[1]}/push?token=conformance", pushes
-    finally:
-        server.shutdown()
-        server.server_close()
-
-
-def wait_for(predicate: Callable[[], bool], timeout: float) -> None:
-    """Poll until `predicate()` holds; fail after `timeout` s."""
-    end = time.monotonic() + timeout
-    while not predicate():
-        if time.monotonic() > end:
-            pytest.fail(f"condition not met within {timeout}s")
-        time.sleep(0.02)
-
-
-def test_push_envelope_retries_and_dead_letter(
-    emu: Emu, push_endpoint: tuple[str, list[Push]]
-) -> None:
-    url, pushes = push_endpoint
-    dead_letter = emu.topic("push-dl")
-    dead_letter_pull = emu.subscription("push-dl", dead_letter)
-    topic = emu.topic("push")
-    subscription = emu.subscription(
-        "push",
-        topic,
-        push_config={
-            "push_endpoint": url,
-            "oidc_token": {"service_account_email": PUSH_ACCOUNT, "audience": PUSH_AUDIENCE},
-        },
-        dead_letter_policy={"dead_letter_topic": dead_letter, "max_delivery_attempts": 5},
-        retry_policy={"minimum_backoff": timedelta(seconds=0.2), "maximum_backoff": "0.4s"},
-    )
-    ok_id = emu.publish(topic, b"fine", verdict="ok")
-    bad_id = emu.publish(topic, b"broken", verdict="fail")
-    (dead,) = emu.pull(dead_letter_pull, 1, timeout=30)
-    emu.ack(dead_letter_pull, [dead])
-
-    assert [p.body["message"]["messageId"] for p in pushes].count(ok_id) == 1  # 204 acks
-    failed = [p for p in pushes if p.body["message"]["messageId"] == bad_id]
-    assert len(failed) == 5
-    for push in pushes:
-        assert push.path == "/push?token=conformance"
-        assert push.headers["Content-Type"] == "application/json"
-        message = push.body["message"]
-        ok = message["messageId"] == ok_id
-        assert message == {
-            "attributes": {"verdict": "ok" if ok else "fail"},
-            "data": base64.b64encode(b"fine" if ok else b"broken").decode(),
-            "messageId": message["messageId"],
-            "message_id": message["messageId"],
-            "publishTime": message["publishTime"],
-            "publish_time": message["publishTime"],
-        }
-        assert message["publishTime"] == rfc3339_millis(
-            datetime.fromisoformat(message["publishTime"])
-        )
-        assert push.body["subscription"] == subscription
-        # Google's sends no OIDC token; ours signs one as Pub/Sub does.
-        token = push.headers.get("Authorization", "").removeprefix("Bearer ")
-        if emu.expect(ours=True, google=False):
-            claims = jwt.decode(token, options={"verify_signature": False})
-            assert (claims["aud"], claims["email"]) == (PUSH_AUDIENCE, PUSH_ACCOUNT)
-        else:
-            assert not token
-    # With a dead-letter policy Pub/Sub adds deliveryAttempt to the body; Google's does not.
-    assert [p.body.get("deliveryAttempt") for p in failed] == emu.expect(
-        ours=[1, 2, 3, 4, 5], google=[None] * 5
-    )
-    # Ours follows the retry policy; Google's retries on its own schedule (about 1 s, then 3 s).
-    gaps = [later.at - earlier.at for earlier, later in itertools.pairwise(failed)]
-    if emu.expect(ours=True, google=False):
-        for gap, expected in zip(gaps, [0.2, 0.4, 0.4, 0.4], strict=True):
-            assert expected * 0.9 <= gap < expected + 0.4, gaps
-    else:
-        assert min(gaps) > 0.5, gaps
-
-    assert dead.message.data == b"broken"
-    attributes = dict(dead.message.attributes)
-    assert attributes["CloudPubSubDeadLetterSourceDeliveryCount"] == "5"
-    assert (
-        attributes["CloudPubSubDeadLetterSourceTopicPublishTime"]
-        == (failed[0].body["message"]["publishTime"])
-    )
-
-    # An empty push config turns the subscription into a pull one.
-    emu.subscriber.modify_push_config(subscription=subscription, push_config={})
-    emu.publish(topic, b"pulled now", verdict="ok")
-    (pulled,) = emu.pull(subscription, 1)
-    assert pulled.message.data == b"pulled now"
-    emu.ack(subscription, [pulled])
-    assert len(pushes) == 6
 
 
 # -- settings, bounds and errors ----------------------------------------------------------
