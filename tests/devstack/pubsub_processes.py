@@ -44,6 +44,7 @@ class EmulatorProcess:
     process: subprocess.Popen[bytes]
     log_path: Path
     log_file: IO[bytes]
+    stopped: bool = False
 
     def log_tail(self, lines: int = 30) -> str:
         """The last lines of the process's output, for failure messages."""
@@ -53,12 +54,13 @@ class EmulatorProcess:
 
     def stop(self) -> None:
         """Stop the whole process group (gcloud's Python and its Java child); idempotent."""
-        if self.process.returncode is not None:
+        if self.stopped:
             return
+        self.stopped = True
         atexit.unregister(self.stop)
         _signal_group(self.process.pid, signal.SIGTERM)
         end = time.monotonic() + STOP_GRACE_SECONDS
-        while not _exited_unreaped(self.process.pid) and time.monotonic() < end:
+        while _exit_status(self.process.pid) is None and time.monotonic() < end:
             time.sleep(0.05)
         # gcloud may exit on SIGTERM before its Java child does: kill what is left of the
         # group while the unreaped leader still holds the group id, so it cannot be reused.
@@ -84,10 +86,10 @@ def _signal_group(pgid: int, sig: signal.Signals) -> None:
         os.killpg(pgid, sig)
 
 
-def _exited_unreaped(pid: int) -> bool:
-    """Whether a child exited, leaving it a zombie (not reaped) so its group id stays ours."""
+def _exit_status(pid: int) -> int | None:
+    """A child's exit status without reaping it (its zombie keeps the group id ours), or None."""
     info = os.waitid(os.P_PID, pid, os.WEXITED | os.WNOHANG | os.WNOWAIT)
-    return info is not None
+    return None if info is None else info.si_status
 
 
 def _spawn(
@@ -118,10 +120,10 @@ def _wait_ready(emulator: EmulatorProcess) -> None:
     """Wait until the gRPC port completes an HTTP/2 handshake, or the process exits."""
     end = time.monotonic() + START_TIMEOUT_SECONDS
     while time.monotonic() < end:
-        if emulator.process.poll() is not None:
+        status = _exit_status(emulator.process.pid)
+        if status is not None:
             raise EmulatorStartError(
-                f"{emulator.kind} emulator exited with {emulator.process.returncode}:\n"
-                f"{emulator.log_tail()}"
+                f"{emulator.kind} emulator exited with {status}:\n{emulator.log_tail()}"
             )
         with grpc.insecure_channel(emulator.host) as channel:
             try:

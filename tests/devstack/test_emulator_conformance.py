@@ -40,12 +40,6 @@ from tests.devstack.pubsub_processes import (
 PROJECT = "conformance-project"
 PUSH_ACCOUNT = "pusher@conformance-project.iam.gserviceaccount.com"
 PUSH_AUDIENCE = "https://conformance.example/push"
-DEAD_LETTER_KEYS = {
-    "CloudPubSubDeadLetterSourceDeliveryCount",
-    "CloudPubSubDeadLetterSourceSubscription",
-    "CloudPubSubDeadLetterSourceSubscriptionProject",
-    "CloudPubSubDeadLetterSourceTopicPublishTime",
-}
 T = TypeVar("T")
 
 
