@@ -165,6 +165,8 @@ def test_publish_pull_and_ack(emu: Emu) -> None:
     before = datetime.now(UTC)
     ids = [emu.publish(topic, f"m{i}".encode(), n=str(i)) for i in range(3)]
     assert len(set(ids)) == 3 and all(i.isdecimal() for i in ids), ids
+    # Ours numbers messages from the clock, so a restart never reuses an id; Google's from 1.
+    assert (int(ids[0]) > 10**12) == emu.expect(ours=True, google=False), ids
 
     received = emu.pull(subscription, 3)
     # Both hand out in publish order (Pub/Sub itself promises none without ordering keys).
