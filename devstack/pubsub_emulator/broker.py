@@ -17,6 +17,7 @@ from devstack.pubsub_emulator.errors import (
     InjectedFault,
     InvalidArgument,
     NotFound,
+    OutOfRange,
 )
 from devstack.pubsub_emulator.faults import FaultInjector
 from devstack.pubsub_emulator.model import (
@@ -36,6 +37,7 @@ from devstack.pubsub_emulator.model import (
     Settlement,
     SubscriptionSettings,
     TopicSettings,
+    rfc3339,
 )
 from devstack.pubsub_emulator.names import (
     DELETED_TOPIC,
@@ -64,6 +66,8 @@ class _Delivery:
     attempts: int = 0
     ack_id: str = ""
     deadline: float = 0.0
+    # Its key in the ready queue when last queued: (available_at, tie-breaker).
+    queued: tuple[float, int] = (0.0, 0)
 
 
 class _Subscription:
@@ -278,10 +282,9 @@ class Broker:
                 self._cond.wait(timeout)
 
     def acknowledge(self, name: str, ack_ids: Sequence[str]) -> None:
-        """Acknowledge messages; unknown or expired ack ids are ignored, as Pub/Sub does."""
+        """Acknowledge; stale ack ids are ignored as Pub/Sub does, ones never handed out refused."""
         parse_subscription(name)
-        if not ack_ids:
-            raise InvalidArgument("ack_ids must not be empty")
+        _check_ack_ids(name, ack_ids)
         with self._cond:
             sub = self._subscription(name)
             for ack_id in ack_ids:
@@ -291,8 +294,7 @@ class Broker:
     def modify_ack_deadline(self, name: str, ack_ids: Sequence[str], seconds: int) -> None:
         """Extend deadlines; 0 nacks now (redelivery follows the retry policy)."""
         parse_subscription(name)
-        if not ack_ids:
-            raise InvalidArgument("ack_ids must not be empty")
+        _check_ack_ids(name, ack_ids)
         if not 0 <= seconds <= MAX_ACK_DEADLINE:
             raise InvalidArgument(f"ack_deadline_seconds must be between 0 and {MAX_ACK_DEADLINE}")
         with self._cond:
@@ -426,7 +428,7 @@ class Broker:
             for sub in subscriptions:
                 delay = self._faults.first_delivery_delay() if sub.settings.push else 0.0
                 delivery = _Delivery(message, expires_at=now + sub.settings.message_retention)
-                heapq.heappush(sub.ready, (now + delay, next(self._order), delivery))
+                self._queue_locked(sub, delivery, now + delay)
         return ids
 
     def _take_locked(
@@ -462,7 +464,9 @@ class Broker:
                     continue  # acked, nacked, or extended since
                 del sub.outstanding[ack_id]
                 self._stats["expired"] += 1
-                outcome = self._fail_locked(sub, delivery, now, "ack deadline exceeded")
+                outcome = self._fail_locked(
+                    sub, delivery, now, "ack deadline exceeded", keep_place=True
+                )
                 log.info(
                     "%s msg=%s attempt=%d: %s",
                     sub.settings.name.rsplit("/", 1)[-1],
@@ -471,20 +475,38 @@ class Broker:
                     outcome.detail,
                 )
 
+    def _queue_locked(self, sub: _Subscription, delivery: _Delivery, available_at: float) -> None:
+        delivery.queued = (available_at, next(self._order))
+        heapq.heappush(sub.ready, (*delivery.queued, delivery))
+
     def _fail_locked(
-        self, sub: _Subscription, delivery: _Delivery, now: float, why: str
+        self,
+        sub: _Subscription,
+        delivery: _Delivery,
+        now: float,
+        why: str,
+        *,
+        keep_place: bool = False,
     ) -> Settlement:
-        """Redeliver after the backoff, or dead-letter once the attempts are used up."""
+        """Redeliver after the backoff, or dead-letter once the attempts are used up.
+
+        Without a retry policy an expired message (`keep_place`) is due again at once, in its
+        old place in the queue, and a nacked one goes to the back: Google's emulator does so.
+        """
         delivery.ack_id = ""
         policy = sub.settings.dead_letter_policy
         if policy is not None and delivery.attempts >= policy.max_delivery_attempts:
             settlement = self._dead_letter_locked(sub, delivery, now)
             return Settlement(settlement.kind, f"{why}; {settlement.detail}")
+        if sub.settings.retry_policy is None and keep_place:
+            heapq.heappush(sub.ready, (*delivery.queued, delivery))
+            self._changed()
+            return Settlement("retry", f"{why}; due again at once")
         if sub.settings.retry_policy is None:
             delay = NO_RETRY_POLICY_DELAY
         else:
             delay = self._faults.scale_backoff(sub.settings.retry_policy.backoff(delivery.attempts))
-        heapq.heappush(sub.ready, (now + delay, next(self._order), delivery))
+        self._queue_locked(sub, delivery, now + delay)
         self._changed()
         return Settlement("retry", f"{why}; retry in {delay:.3g}s")
 
@@ -505,9 +527,7 @@ class Broker:
             "CloudPubSubDeadLetterSourceDeliveryCount": str(delivery.attempts),
             "CloudPubSubDeadLetterSourceSubscription": sub_id,
             "CloudPubSubDeadLetterSourceSubscriptionProject": project,
-            "CloudPubSubDeadLetterSourceTopicPublishTime": message.publish_time.isoformat(
-                timespec="milliseconds"
-            ),
+            "CloudPubSubDeadLetterSourceTopicPublishTime": rfc3339(message.publish_time),
         }
         outgoing = OutgoingMessage(message.data, attributes, message.ordering_key)
         (new_id,) = self._publish_locked(target, [outgoing], now)
@@ -529,6 +549,20 @@ def _page(names: Iterable[str], page_size: int, page_token: str) -> tuple[list[s
         return ordered, ""
     page = ordered[:page_size]
     return page, page[-1]
+
+
+def _check_ack_ids(subscription: str, ack_ids: Sequence[str]) -> None:
+    """Refuse ack ids this subscription never handed out, as Google's emulator does.
+
+    Well-formed ones that are stale (acked, expired, from before a restart) are ignored.
+    """
+    if not ack_ids:
+        raise InvalidArgument("ack_ids must not be empty")
+    own_id = subscription.rsplit("/", 1)[-1]
+    for ack_id in ack_ids:
+        sub_id, _, number = ack_id.rpartition(":")
+        if sub_id != own_id or not number.isdigit():
+            raise InvalidArgument(f"Subscription {subscription} received an invalid ack id")
 
 
 def _check_retention(seconds: float) -> None:
@@ -582,8 +616,17 @@ def _normalized(settings: SubscriptionSettings) -> SubscriptionSettings:
     if dead_letter is not None:
         parse_topic(dead_letter.dead_letter_topic)
         attempts = dead_letter.max_delivery_attempts or DEFAULT_MAX_DELIVERY_ATTEMPTS
-        if not MIN_DELIVERY_ATTEMPTS <= attempts <= MAX_DELIVERY_ATTEMPTS:
-            raise InvalidArgument("max_delivery_attempts must be between 5 and 100")
+        # Google's status and wording for this bound.
+        if attempts < MIN_DELIVERY_ATTEMPTS:
+            raise OutOfRange(
+                f"The value for max_delivery_attempts is too small. You passed {attempts} in "
+                f"the request, but the minimum value is {MIN_DELIVERY_ATTEMPTS}."
+            )
+        if attempts > MAX_DELIVERY_ATTEMPTS:
+            raise OutOfRange(
+                f"The value for max_delivery_attempts is too large. You passed {attempts} in "
+                f"the request, but the maximum value is {MAX_DELIVERY_ATTEMPTS}."
+            )
         dead_letter = replace(dead_letter, max_delivery_attempts=attempts)
     _check_retention(settings.message_retention)
     return replace(settings, ack_deadline_seconds=ack_deadline, dead_letter_policy=dead_letter)

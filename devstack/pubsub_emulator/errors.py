@@ -29,6 +29,12 @@ class InvalidArgument(EmulatorError):
     status = "INVALID_ARGUMENT"
 
 
+class OutOfRange(EmulatorError):
+    """A number outside its documented bounds, where Pub/Sub answers OUT_OF_RANGE."""
+
+    status = "OUT_OF_RANGE"
+
+
 class Unimplemented(EmulatorError):
     """A valid Pub/Sub feature this emulator does not reproduce."""
 

@@ -22,6 +22,9 @@ log = logging.getLogger(__name__)
 
 # An empty unary Pull returns after this long at most (clients treat it as "nothing yet").
 PULL_WAIT_SECONDS = 1.0
+# ...and this long before the client's deadline: a message taken for a client that has given
+# up would be lost until its ack deadline passed. Google's emulator keeps about a second.
+PULL_DEADLINE_MARGIN_SECONDS = 0.5
 # How often a StreamingPull notices a cancelled stream when no message arrives.
 STREAM_POLL_SECONDS = 0.5
 STREAM_BATCH = 100
@@ -31,6 +34,7 @@ GRPC_WORKERS = 64
 
 _EMPTY = empty_pb2.Empty()
 Handler = Callable[[Any], Any]
+ContextHandler = Callable[[Any, grpc.ServicerContext], Any]
 
 
 def _status(error: EmulatorError) -> grpc.StatusCode:
@@ -40,10 +44,15 @@ def _status(error: EmulatorError) -> grpc.StatusCode:
 
 def _unary(fn: Handler, request_type: Any) -> grpc.RpcMethodHandler:
     """Wrap `fn(request) -> response`, turning emulator errors into gRPC statuses."""
+    return _unary_in_context(lambda request, context: fn(request), request_type)
+
+
+def _unary_in_context(fn: ContextHandler, request_type: Any) -> grpc.RpcMethodHandler:
+    """Wrap `fn(request, context) -> response`, turning emulator errors into gRPC statuses."""
 
     def call(request: Any, context: grpc.ServicerContext) -> Any:
         try:
-            return fn(request)
+            return fn(request, context)
         except EmulatorError as exc:
             context.abort(_status(exc), str(exc))
 
@@ -150,11 +159,13 @@ class SubscriberService:
         )
         return _EMPTY
 
-    def pull(self, request: Any) -> Any:
+    def pull(self, request: Any, context: grpc.ServicerContext) -> Any:
         """Pull: whatever is available now, else wait briefly (return_immediately is ignored)."""
-        received = self._broker.pull(
-            request.subscription, request.max_messages, wait=PULL_WAIT_SECONDS
-        )
+        wait = PULL_WAIT_SECONDS
+        remaining = context.time_remaining()
+        if remaining is not None:
+            wait = max(0.0, min(wait, remaining - PULL_DEADLINE_MARGIN_SECONDS))
+        received = self._broker.pull(request.subscription, request.max_messages, wait=wait)
         return types.PullResponse.pb()(
             received_messages=[convert.received_to_pb(message) for message in received]
         )
@@ -246,7 +257,7 @@ class SubscriberService:
                     self.delete_subscription, types.DeleteSubscriptionRequest
                 ),
                 "ModifyPushConfig": _unary(self.modify_push_config, types.ModifyPushConfigRequest),
-                "Pull": _unary(self.pull, types.PullRequest),
+                "Pull": _unary_in_context(self.pull, types.PullRequest),
                 "Acknowledge": _unary(self.acknowledge, types.AcknowledgeRequest),
                 "ModifyAckDeadline": _unary(
                     self.modify_ack_deadline, types.ModifyAckDeadlineRequest

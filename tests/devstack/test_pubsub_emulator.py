@@ -29,6 +29,9 @@ from google.pubsub_v1 import PublisherClient as GapicPublisherClient
 from google.pubsub_v1 import PubsubMessage
 
 from devstack.pubsub_emulator import Emulator, EmulatorConfig, FaultConfig, Topology
+from devstack.pubsub_emulator.broker import Broker
+from devstack.pubsub_emulator.faults import FaultInjector
+from devstack.pubsub_emulator.model import OutgoingMessage, SubscriptionSettings, TopicSettings
 from devstack.pubsub_emulator.topology import DEFAULT_TOPOLOGY_PATH
 
 PROJECT = "test-project"
@@ -297,7 +300,7 @@ def test_subscription_admin_operations_and_their_errors(pubsub: Harness) -> None
                 "ack_deadline_seconds": 5,
             }
         )
-    with pytest.raises(gexc.InvalidArgument):
+    with pytest.raises(gexc.OutOfRange):  # Google's status for this bound
         pubsub.subscriber.create_subscription(
             request={
                 "name": sub_path("bad-dlq"),
@@ -407,6 +410,24 @@ def test_unacknowledged_pull_is_redelivered_after_the_ack_deadline(pubsub: Harne
         subscription=sub_path("jobs-pull"), ack_ids=[again.ack_id], ack_deadline_seconds=60
     )
     assert pull_all(pubsub.subscriber, sub_path("jobs-pull")) == []
+
+
+def test_a_message_past_its_retention_is_dropped_not_redelivered() -> None:
+    """Retention is 10 minutes at least, too long for the conformance run: a fake clock here."""
+    now = [1000.0]
+    broker = Broker(FaultInjector(FaultConfig()), clock=lambda: now[0])
+    broker.create_topic(TopicSettings(topic_path("jobs")))
+    broker.create_subscription(
+        SubscriptionSettings(sub_path("short"), topic_path("jobs"), message_retention=600.0)
+    )
+    broker.publish(topic_path("jobs"), [OutgoingMessage(b"old")])
+    (first,) = broker.pull(sub_path("short"), 10)
+    broker.modify_ack_deadline(sub_path("short"), [first.ack_id], 0)
+    now[0] += 599.0
+    broker.publish(topic_path("jobs"), [OutgoingMessage(b"young")])
+    now[0] += 1.0  # "old" is 600 s old: past retention, counted from its publish
+    assert [m.message.data for m in broker.pull(sub_path("short"), 10)] == [b"young"]
+    assert broker.backlog(sub_path("short")) == 1  # "young", handed out and not yet acked
 
 
 def test_streaming_pull_through_subscribe(pubsub: Harness) -> None:
