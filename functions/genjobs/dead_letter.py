@@ -9,7 +9,6 @@ from genjobs import store
 from genjobs.db import Database
 from genjobs.jobs import Job
 from genjobs.push import PushAnswer, PushMessage, ServiceVerifier, answer_push
-from genjobs.replay import replayed_since
 from genjobs.statuses import Event
 
 log = logging.getLogger(__name__)
@@ -40,7 +39,7 @@ class DeadLetterHandler:
             if job.status.is_terminal:
                 log.info("dead letter for a finished job acked; job untouched", extra=extra)
                 return _answer(job, "already_finished")
-            if message.publish_time and replayed_since(conn, job.id, message.publish_time):
+            if message.publish_time and store.replayed_since(conn, job.id, message.publish_time):
                 # A late or duplicate copy from before `genjobs replay` queued the job again.
                 log.info(
                     "dead letter older than its job's replay acked; job untouched", extra=extra

@@ -6,104 +6,15 @@ import logging
 import uuid
 from dataclasses import asdict, dataclass
 
-from sqlalchemy import text
-
 from genjobs import store
 from genjobs.db import Database
 from genjobs.errors import DatabaseUnavailable, GenJobsError
 from genjobs.publisher import JobPublisher
 from genjobs.push import PushAnswer, ServiceVerifier, error_answer
 from genjobs.settings import Settings
+from genjobs.sql import query
 
 log = logging.getLogger(__name__)
-
-# Each step locks its rows with SKIP LOCKED and moves them on in the same statement, so
-# sweepers running at once never take the same job, and running twice changes nothing more.
-_EXPIRE_OLD = text(
-    f"""
-    WITH old AS (
-      SELECT id FROM generations
-      WHERE ai_status IN ('queued', 'processing')
-        AND created_at < now() - make_interval(secs => :max_age)
-        -- A replayed job's age starts again at its replay (`genjobs replay`, days later).
-        AND NOT EXISTS (
-          SELECT 1 FROM generation_logs l
-          WHERE l.generation_id = generations.id AND l.event = 'replayed'
-            AND l.created_at >= now() - make_interval(secs => :max_age))
-      ORDER BY created_at LIMIT :batch
-      FOR UPDATE SKIP LOCKED
-    ), failed AS (
-      UPDATE generations g
-      SET ai_status = 'failed', lease_expires_at = NULL, not_before = NULL,
-          finished_at = now(), updated_at = now(),
-          error = jsonb_build_object('code', 'expired',
-                                     'message', 'not finished within the maximum job age')
-      FROM old WHERE g.id = old.id
-      RETURNING g.*
-    ), log AS (
-      INSERT INTO generation_logs ({store.LOG_COLUMNS})
-      SELECT id, user_id, 'failed', 'failed', attempts, NULL, NULL,
-             NULL, NULL, NULL, NULL, 'expired', 'not finished within the maximum job age'
-      FROM failed
-    )
-    SELECT count(*) FROM failed
-    """
-)
-
-_EXPIRED_LEASES = text(
-    f"""
-    WITH expired AS (
-      SELECT id FROM generations
-      WHERE ai_status = 'processing' AND lease_expires_at < now()
-      ORDER BY lease_expires_at LIMIT :batch
-      FOR UPDATE SKIP LOCKED
-    ), moved AS (
-      UPDATE generations g
-      SET ai_status = CASE WHEN g.attempts >= g.max_attempts THEN 'failed' ELSE 'queued' END,
-          finished_at = CASE WHEN g.attempts >= g.max_attempts THEN now() END,
-          lease_expires_at = NULL, updated_at = now(),
-          error = jsonb_build_object(
-            'code', CASE WHEN g.attempts >= g.max_attempts THEN 'attempts_exhausted'
-                         ELSE 'lease_expired' END,
-            'message', 'attempt ' || g.attempts || ' did not finish within its lease')
-      FROM expired WHERE g.id = expired.id
-      RETURNING g.*
-    ), log AS (
-      INSERT INTO generation_logs ({store.LOG_COLUMNS})
-      SELECT id, user_id, CASE WHEN ai_status = 'failed' THEN 'failed' ELSE 'retry' END,
-             ai_status, attempts, NULL, NULL, NULL, NULL, NULL, NULL,
-             error ->> 'code', error ->> 'message'
-      FROM moved
-    )
-    SELECT id, task, trace_id, ai_status FROM moved
-    """
-)
-
-# Queued jobs to publish: never published (after a grace period that leaves the api its own
-# publish), deferred by a rate limit and now due, or published long ago and never started.
-_DUE_FOR_PUBLISH = text(
-    """
-    WITH due AS (
-      SELECT id FROM generations
-      WHERE ai_status = 'queued' AND (
-        (not_before IS NOT NULL AND not_before <= now())
-        OR (not_before IS NULL AND published_at IS NULL
-            AND updated_at < now() - make_interval(secs => :grace))
-        OR (not_before IS NULL AND published_at IS NOT NULL
-            AND updated_at < now() - make_interval(secs => :stale))
-      )
-      ORDER BY updated_at LIMIT :batch
-      FOR UPDATE SKIP LOCKED
-    )
-    UPDATE generations g SET not_before = NULL, updated_at = now()
-    FROM due WHERE g.id = due.id
-    RETURNING g.id, g.task, g.trace_id
-    """
-)
-
-_UNPUBLISHED = text(
-    "UPDATE generations SET published_at = NULL WHERE id = :id AND ai_status = 'queued'"
-)
 
 
 @dataclass(frozen=True)
@@ -152,13 +63,14 @@ class Sweeper:
         with self._db.transaction() as conn:
             expired = int(
                 conn.execute(
-                    _EXPIRE_OLD, {"max_age": s.max_job_age_seconds, "batch": s.sweep_batch_size}
+                    query("sweep_expire_old"),
+                    {"max_age": s.max_job_age_seconds, "batch": s.sweep_batch_size},
                 ).scalar_one()
             )
         with self._db.transaction() as conn:
-            moved = conn.execute(_EXPIRED_LEASES, {"batch": s.sweep_batch_size}).all()
+            moved = conn.execute(query("sweep_expired_leases"), {"batch": s.sweep_batch_size}).all()
             due = conn.execute(
-                _DUE_FOR_PUBLISH,
+                query("sweep_due_for_publish"),
                 {
                     "grace": s.sweep_publish_grace_seconds,
                     "stale": s.republish_after_seconds,
@@ -191,7 +103,7 @@ class Sweeper:
                 log.warning("republish failed", exc_info=True, extra={"job_id": job_id})
                 # Unpublished again, so the next sweep takes it after the grace period.
                 with self._db.transaction() as conn:
-                    conn.execute(_UNPUBLISHED, {"id": job_id})
+                    store.unmark_published(conn, job_id)
                 continue
             with self._db.transaction() as conn:
                 store.mark_published(conn, job_id, message_id)

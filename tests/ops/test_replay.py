@@ -18,11 +18,12 @@ from genjobs import store
 from genjobs.cli import build_parser, main
 from genjobs.db import Database
 from genjobs.dead_letter import DeadLetterHandler
-from genjobs.replay import Action, Replayer, ReplayResult, Summary, replayed_since
+from genjobs.replay import Action, Replayer, ReplayResult, Summary
 from genjobs.replay_cli import Progress
 from genjobs.replay_sources import JobFilter, replay_from_database
 from genjobs.settings import Settings
 from genjobs.statuses import Status
+from genjobs.store import replayed_since
 from tests.ops.helpers import RecordingPublisher, events, insert_job, job_row, log_rows
 
 T0 = datetime(2026, 3, 1, 12, 0, tzinfo=UTC)
