@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from typing import Any, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar
+
+if TYPE_CHECKING:
+    from genjobs.jobs import Usage
 
 PROBLEM_BASE = "https://genjobs.dev/problems/"
 
@@ -224,9 +227,13 @@ class PermanentFailure(GenJobsError):
     code = "permanent_failure"
     title = "Generation failed"
 
-    def __init__(self, detail: str | None = None, *, error_code: str = "") -> None:
+    def __init__(
+        self, detail: str | None = None, *, error_code: str = "", usage: Usage | None = None
+    ) -> None:
         super().__init__(detail)
         self.error_code = error_code or self.code
+        # What the model billed for an answer we rejected (it counts against budgets).
+        self.usage = usage
 
 
 class ModelRefused(PermanentFailure):

@@ -12,6 +12,15 @@ from genjobs.statuses import Status
 
 
 @dataclass(frozen=True)
+class Usage:
+    """Which model answered and the tokens it billed."""
+
+    model: str
+    prompt_tokens: int
+    completion_tokens: int
+
+
+@dataclass(frozen=True)
 class Job:
     """One generation job."""
 

@@ -12,6 +12,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Protocol
 
 from genjobs.errors import ConfigurationError, InvalidModelOutput, ModelRefused, ModelUnavailable
+from genjobs.jobs import Usage
 from genjobs.secrets import Secret
 from genjobs.settings import Settings
 from genjobs.tasks.base import Message, Task
@@ -35,15 +36,6 @@ _DURATION_PART = re.compile(r"(\d+(?:\.\d+)?)(ms|h|m|s)")
 
 
 @dataclass(frozen=True)
-class Usage:
-    """Which model answered and the tokens it billed."""
-
-    model: str
-    prompt_tokens: int
-    completion_tokens: int
-
-
-@dataclass(frozen=True)
 class Generation:
     """A model answer: text for free-text tasks, the parsed JSON for structured ones."""
 
@@ -62,16 +54,14 @@ class RefusedAnswer(ModelRefused):
     """The model answered with a refusal; tokens were still billed."""
 
     def __init__(self, detail: str, *, error_code: str, usage: Usage) -> None:
-        super().__init__(detail, error_code=error_code)
-        self.usage = usage
+        super().__init__(detail, error_code=error_code, usage=usage)
 
 
 class InvalidAnswer(InvalidModelOutput):
     """The model answered outside the task's contract; tokens were still billed."""
 
     def __init__(self, detail: str, *, error_code: str, usage: Usage) -> None:
-        super().__init__(detail, error_code=error_code)
-        self.usage = usage
+        super().__init__(detail, error_code=error_code, usage=usage)
 
 
 class SupportsGenerate(Protocol):

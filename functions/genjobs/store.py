@@ -7,14 +7,15 @@ import json
 import uuid
 from dataclasses import dataclass
 from datetime import UTC, datetime
+from enum import StrEnum
 from typing import Any
 
 from sqlalchemy import Connection
 
 from genjobs.errors import InvalidRequest
-from genjobs.jobs import Job
+from genjobs.jobs import Job, Usage
 from genjobs.sql import query
-from genjobs.statuses import Event, Status
+from genjobs.statuses import TRANSITIONS, Event, Status
 
 
 def _json(value: Any) -> str:
@@ -53,12 +54,28 @@ class Delivery:
     delivery_attempt: int | None = None
 
 
+class Refusal(StrEnum):
+    """Why a claim did not take the job (worked out by the claim statement itself)."""
+
+    NOT_FOUND = "not_found"
+    FINISHED = "finished"  # succeeded or failed
+    CANCELLED = "cancelled"
+    DEFERRED = "deferred"  # queued until a rate limit resets
+    LEASE_LIVE = "lease_live"  # another delivery's attempt is running
+    ATTEMPTS_SPENT = "attempts_spent"  # no attempt left and none running
+
+
 @dataclass(frozen=True)
 class ClaimResult:
-    """A claim: `claimed` is True when this delivery now owns the job under a lease."""
+    """A claim: the job under this delivery's lease, or why it was refused."""
 
-    claimed: bool
     job: Job | None
+    refused: Refusal | None = None
+
+    @property
+    def claimed(self) -> bool:
+        """True when this delivery now owns the job under a lease."""
+        return self.refused is None
 
 
 def user_usage(conn: Connection, user_id: uuid.UUID, idempotency_key: str | None) -> UserUsage:
@@ -184,29 +201,68 @@ def claim_job(
         .first()
     )
     if row is None:
-        return ClaimResult(claimed=False, job=None)
-    return ClaimResult(claimed=row["refused"] is None, job=Job.from_row(row))
+        return ClaimResult(None, Refusal.NOT_FOUND)
+    refused = row["refused"]
+    return ClaimResult(Job.from_row(row), Refusal(refused) if refused is not None else None)
 
 
 @dataclass(frozen=True)
 class Outcome:
-    """How an attempt ended, as written to the job and its log row."""
+    """How an attempt ended, as written to the job and its log row.
 
-    status: Status
+    Built only by `succeeded`, `failed` and `retry`: the status comes from the event's
+    transition, so the two cannot disagree.
+    """
+
     event: Event
     result: Any = None
     error_code: str | None = None
     error_message: str | None = None
-    model: str | None = None
-    prompt_tokens: int | None = None
-    completion_tokens: int | None = None
+    usage: Usage | None = None
     latency_ms: int | None = None
     # A rate-limited attempt waits this long, and does not count against the job's budget.
     defer_seconds: float | None = None
 
+    @property
+    def status(self) -> Status:
+        """The status the event leads to (statuses.TRANSITIONS)."""
+        return TRANSITIONS[self.event].target
+
+    @classmethod
+    def succeeded(cls, result: Any, usage: Usage, latency_ms: int) -> Outcome:
+        """The model answered within the task's contract."""
+        return cls(Event.SUCCEEDED, result=result, usage=usage, latency_ms=latency_ms)
+
+    @classmethod
+    def failed(
+        cls, code: str, detail: str, usage: Usage | None = None, latency_ms: int | None = None
+    ) -> Outcome:
+        """The job cannot succeed; `usage` is what the model billed for a rejected answer."""
+        return cls(
+            Event.FAILED, error_code=code, error_message=detail, usage=usage, latency_ms=latency_ms
+        )
+
+    @classmethod
+    def retry(
+        cls,
+        code: str,
+        detail: str,
+        latency_ms: int | None = None,
+        defer_seconds: float | None = None,
+    ) -> Outcome:
+        """Back to queued for another attempt (no earlier than `defer_seconds` from now)."""
+        return cls(
+            Event.RETRY,
+            error_code=code,
+            error_message=detail,
+            latency_ms=latency_ms,
+            defer_seconds=defer_seconds,
+        )
+
 
 def finish_attempt(conn: Connection, job: Job, outcome: Outcome, delivery: Delivery) -> Job | None:
     """Write an attempt's outcome if this attempt still owns the job (fencing); else None."""
+    usage = outcome.usage
     row = (
         conn.execute(
             query("finish_attempt"),
@@ -218,9 +274,9 @@ def finish_attempt(conn: Connection, job: Job, outcome: Outcome, delivery: Deliv
                 "result": _json(outcome.result),
                 "error_code": outcome.error_code,
                 "error_message": outcome.error_message,
-                "model": outcome.model,
-                "prompt_tokens": outcome.prompt_tokens,
-                "completion_tokens": outcome.completion_tokens,
+                "model": usage.model if usage else None,
+                "prompt_tokens": usage.prompt_tokens if usage else None,
+                "completion_tokens": usage.completion_tokens if usage else None,
                 "latency_ms": outcome.latency_ms,
                 "defer": outcome.defer_seconds,
                 "message_id": delivery.message_id,

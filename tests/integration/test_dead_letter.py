@@ -15,13 +15,14 @@ from genjobs import store
 from genjobs.db import Database
 from genjobs.dead_letter import DeadLetterHandler
 from genjobs.errors import Forbidden
-from genjobs.jobs import Job
-from genjobs.statuses import Event, Status
+from genjobs.jobs import Job, Usage
+from genjobs.statuses import Status
 from tests.integration.jobs import events, reload
 
 FIXTURES = Path(__file__).resolve().parents[1] / "fixtures"
 TOKEN = "Bearer good-push-token"
 USER = uuid.UUID("00000000-0000-4000-8000-0000000000d1")
+USAGE = Usage("m", 1, 1)
 
 
 class FakeVerifier:
@@ -70,9 +71,7 @@ def retried_once(db: Database, job: Job) -> None:
     with db.transaction() as conn:
         claim = store.claim_job(conn, job.id, 60, store.Delivery("m-1", 1))
         assert claim.job is not None
-        outcome = store.Outcome(
-            Status.QUEUED, Event.RETRY, error_code="rate_limited", error_message="slow down"
-        )
+        outcome = store.Outcome.retry("rate_limited", "slow down")
         assert store.finish_attempt(conn, claim.job, outcome, store.Delivery("m-1", 1))
 
 
@@ -110,7 +109,7 @@ def test_a_job_running_under_a_live_lease_is_left_to_its_attempt(
     assert claim.job is not None
     answer = handler.handle(TOKEN, dead_letter(job.id))
     assert answer.status == 200 and answer.body["outcome"] == "not_failed"
-    done = store.Outcome(Status.SUCCEEDED, Event.SUCCEEDED, result={"text": "in time"})
+    done = store.Outcome.succeeded({"text": "in time"}, USAGE, latency_ms=1)
     with clean_db.transaction() as conn:
         assert store.finish_attempt(conn, claim.job, done, store.Delivery("m-1", 5)) is not None
     assert reload(clean_db, job.id).status is Status.SUCCEEDED
@@ -125,7 +124,7 @@ def test_a_job_whose_lease_expired_is_failed_and_its_late_write_refused(
         conn.execute(text("UPDATE generations SET lease_expires_at = now() - interval '1 second'"))
     assert claim.job is not None
     assert handler.handle(TOKEN, dead_letter(job.id)).body["outcome"] == "dead_lettered"
-    late = store.Outcome(Status.SUCCEEDED, Event.SUCCEEDED, result={"text": "too late"})
+    late = store.Outcome.succeeded({"text": "too late"}, USAGE, latency_ms=1)
     with clean_db.transaction() as conn:
         assert store.finish_attempt(conn, claim.job, late, store.Delivery("m-1", 5)) is None
     assert reload(clean_db, job.id).status is Status.FAILED
@@ -136,7 +135,7 @@ def test_a_finished_job_is_left_untouched(handler: DeadLetterHandler, clean_db: 
     with clean_db.transaction() as conn:
         claim = store.claim_job(conn, job.id, 60, store.Delivery("m-1", 1))
         assert claim.job is not None
-        done = store.Outcome(Status.SUCCEEDED, Event.SUCCEEDED, result={"text": "ok"})
+        done = store.Outcome.succeeded({"text": "ok"}, USAGE, latency_ms=1)
         store.finish_attempt(conn, claim.job, done, store.Delivery("m-1", 1))
     before = reload(clean_db, job.id)
     answer = handler.handle(TOKEN, dead_letter(job.id))

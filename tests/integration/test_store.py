@@ -6,7 +6,8 @@ import uuid
 
 from genjobs import store
 from genjobs.db import Database
-from genjobs.statuses import Event, Status
+from genjobs.jobs import Usage
+from genjobs.statuses import Status
 from tests.integration.jobs import events
 
 USER = uuid.UUID("00000000-0000-4000-8000-00000000000a")
@@ -38,16 +39,9 @@ def test_insert_claim_succeed_writes_one_log_row_per_event(clean_db: Database) -
     assert claim.claimed and claim.job is not None and claim.job.attempts == 1
     with clean_db.transaction() as conn:
         again = store.claim_job(conn, job.id, 60, delivery)
-    assert not again.claimed and again.job is not None and again.job.status is Status.PROCESSING
-    outcome = store.Outcome(
-        Status.SUCCEEDED,
-        Event.SUCCEEDED,
-        result={"text": "ok"},
-        model="m",
-        prompt_tokens=3,
-        completion_tokens=4,
-        latency_ms=5,
-    )
+    assert again.refused is store.Refusal.LEASE_LIVE
+    assert again.job is not None and again.job.status is Status.PROCESSING
+    outcome = store.Outcome.succeeded({"text": "ok"}, Usage("m", 3, 4), latency_ms=5)
     with clean_db.transaction() as conn:
         done = store.finish_attempt(conn, claim.job, outcome, delivery)
     assert done is not None and done.status is Status.SUCCEEDED and done.result == {"text": "ok"}
@@ -77,7 +71,7 @@ def test_cancel_only_unfinished_and_fencing_refuses_the_worker(clean_db: Databas
         assert cancelled is not None and cancelled.status is Status.CANCELLED
         assert store.cancel_job(conn, job.id, USER) is None
     assert claim.job is not None
-    outcome = store.Outcome(Status.SUCCEEDED, Event.SUCCEEDED, result="x")
+    outcome = store.Outcome.succeeded("x", Usage("m", 1, 1), latency_ms=1)
     with clean_db.transaction() as conn:
         assert store.finish_attempt(conn, claim.job, outcome, store.Delivery()) is None
 
