@@ -13,10 +13,9 @@ from typing import Any
 
 from sqlalchemy import RowMapping
 
-from genjobs import store
 from genjobs.db import Database
 from genjobs.jobs import Job
-from genjobs.publisher import JobPublisher
+from genjobs.publisher import JobPublisher, publish_job
 from genjobs.sql import query
 from genjobs.statuses import Status
 
@@ -176,25 +175,14 @@ class Replayer:
 
     def _publish(self, job: Job, previous: str | None) -> ReplayResult:
         """Publish after the commit: a failure leaves the job queued for the sweeper."""
-        attributes = {"task": job.task}
-        if job.trace_id:
-            attributes["trace_id"] = job.trace_id
-        extra = {"job_id": str(job.id), "task": job.task, "attempt": job.attempts}
-        try:
-            message_id = self._publisher.publish(job.id, attributes)
-        except Exception as error:
-            log.warning("replayed job not published; the sweeper will publish it", extra=extra)
-            return ReplayResult(
-                job.id, Action.PUBLISH_FAILED, f"{type(error).__name__}", job.task, previous
-            )
-        try:
-            with self._db.transaction() as conn:
-                store.mark_published(conn, job.id, message_id)
-        except Exception:
-            # The message is out: a missing `published` row only risks one more publish later.
-            log.warning("could not record the publish of a replayed job", extra=extra)
-        log.info("job replayed", extra=extra)
-        return ReplayResult(job.id, Action.REPLAYED, "", job.task, previous, message_id)
+        published = publish_job(
+            self._db, self._publisher, job.id, task=job.task, trace_id=job.trace_id
+        )
+        if published.error is not None:
+            reason = type(published.error).__name__
+            return ReplayResult(job.id, Action.PUBLISH_FAILED, reason, job.task, previous)
+        log.info("job replayed", extra={"job_id": str(job.id), "attempt": job.attempts})
+        return ReplayResult(job.id, Action.REPLAYED, "", job.task, previous, published.message_id)
 
 
 def _not_replayed(job: Job, replayed_since: bool, defer_unfinished: bool) -> ReplayResult:

@@ -6,10 +6,9 @@ import logging
 import uuid
 from dataclasses import asdict, dataclass
 
-from genjobs import store
 from genjobs.db import Database
 from genjobs.errors import DatabaseUnavailable, GenJobsError
-from genjobs.publisher import JobPublisher
+from genjobs.publisher import JobPublisher, publish_job
 from genjobs.push import PushAnswer, ServiceVerifier, error_answer
 from genjobs.settings import Settings
 from genjobs.sql import query
@@ -77,10 +76,10 @@ class Sweeper:
                     "batch": s.sweep_batch_size,
                 },
             ).all()
-        requeued = [(r.id, r.task, r.trace_id) for r in moved if r.ai_status == "queued"]
-        to_publish = {job_id: (task, trace) for job_id, task, trace in requeued}
-        to_publish.update({r.id: (r.task, r.trace_id) for r in due})
-        published, failed = self._publish_all(to_publish)
+        requeued = [r for r in moved if r.ai_status == "queued"]
+        to_publish = {r.id: (r.id, r.task, r.trace_id, r.was_published) for r in requeued}
+        to_publish.update({r.id: (r.id, r.task, r.trace_id, r.was_published) for r in due})
+        published, failed = self._publish_all(list(to_publish.values()))
         counts = SweepCounts(
             expired=expired,
             leases_requeued=len(requeued),
@@ -92,20 +91,19 @@ class Sweeper:
             log.info("sweep: %s", asdict(counts))
         return counts
 
-    def _publish_all(self, jobs: dict[uuid.UUID, tuple[str, str | None]]) -> tuple[int, int]:
+    def _publish_all(self, jobs: list[tuple[uuid.UUID, str, str | None, bool]]) -> tuple[int, int]:
         published = failed = 0
-        for job_id, (task, trace_id) in jobs.items():
-            attributes = {"task": task, **({"trace_id": trace_id} if trace_id else {})}
-            try:
-                message_id = self._publisher.publish(job_id, attributes)
-            except Exception:
+        for job_id, task, trace_id, was_published in jobs:
+            result = publish_job(
+                self._db,
+                self._publisher,
+                job_id,
+                task=task,
+                trace_id=trace_id,
+                was_published=was_published,
+            )
+            if result.error is None:
+                published += 1
+            else:
                 failed += 1
-                log.warning("republish failed", exc_info=True, extra={"job_id": job_id})
-                # Unpublished again, so the next sweep takes it after the grace period.
-                with self._db.transaction() as conn:
-                    store.unmark_published(conn, job_id)
-                continue
-            with self._db.transaction() as conn:
-                store.mark_published(conn, job_id, message_id)
-            published += 1
         return published, failed

@@ -23,7 +23,7 @@ from genjobs.errors import (
     RateLimited,
 )
 from genjobs.jobs import Job
-from genjobs.publisher import JobPublisher
+from genjobs.publisher import JobPublisher, publish_job
 from genjobs.settings import Settings
 from genjobs.tasks import Task
 
@@ -210,21 +210,4 @@ class SubmitService:
 
     def _publish(self, job: Job) -> None:
         """Publish after commit; a failure leaves the job queued for the sweeper."""
-        attributes = {"task": job.task}
-        if job.trace_id:
-            attributes["trace_id"] = job.trace_id
-        try:
-            message_id = self.publisher.publish(job.id, attributes)
-        except Exception:
-            log.warning(
-                "publish failed; the sweeper will publish this job",
-                exc_info=True,
-                extra={"job_id": job.id},
-            )
-            return
-        try:
-            with self.db.transaction() as conn:
-                store.mark_published(conn, job.id, message_id)
-        except Exception:
-            # The message is out; a missing published_at only risks one extra publish later.
-            log.warning("could not record publish", exc_info=True, extra={"job_id": job.id})
+        publish_job(self.db, self.publisher, job.id, task=job.task, trace_id=job.trace_id)

@@ -246,7 +246,7 @@ WITH expired AS (
          ai_status, attempts, error ->> 'code', error ->> 'message'
   FROM moved
 )
-SELECT id, task, trace_id, ai_status FROM moved
+SELECT id, task, trace_id, ai_status, published_at IS NOT NULL AS was_published FROM moved
 
 -- name: sweep_due_for_publish
 -- Queued jobs to publish: never published after :grace seconds, deferred and now due, or published :stale seconds ago and never started.
@@ -264,7 +264,7 @@ WITH due AS (
 )
 UPDATE generations g SET not_before = NULL, updated_at = now()
 FROM due WHERE g.id = due.id
-RETURNING g.id, g.task, g.trace_id
+RETURNING g.id, g.task, g.trace_id, g.published_at IS NOT NULL AS was_published
 
 
 -- ===== Replay (genjobs replay) =====
