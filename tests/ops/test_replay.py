@@ -15,12 +15,12 @@ import pytest
 from sqlalchemy import text
 
 from genjobs import store
-from genjobs.cli import build_parser, main
 from genjobs.db import Database
 from genjobs.dead_letter import DeadLetterHandler
-from genjobs.replay import Action, Replayer, ReplayResult, Summary
-from genjobs.replay_cli import Progress
-from genjobs.replay_sources import JobFilter, replay_from_database
+from genjobs.ops.cli import build_parser, main
+from genjobs.ops.replay import Action, Replayer, ReplayResult, Summary
+from genjobs.ops.replay_cli import Progress
+from genjobs.ops.replay_sources import JobFilter, replay_from_database
 from genjobs.settings import Settings
 from genjobs.statuses import Status
 from genjobs.store import replayed_since
@@ -322,10 +322,11 @@ def test_progress_line_redraws_in_place_on_a_terminal_only() -> None:
         summary.add(ReplayResult(uuid.uuid4(), action))
     terminal = Terminal()
     progress = Progress(terminal, "replay", total=4)
-    progress.update(summary, force=True)
+    progress.update(summary)
     progress.finish(summary)
-    assert terminal.getvalue().startswith("\r\x1b[2Kreplay [")
-    assert "] 3/4  replayed 2, skipped 1" in terminal.getvalue()
+    last = terminal.getvalue().rstrip("\n").split("\r")[-1]
+    assert last.startswith("replay:  75%") and "| 3/4 [" in last
+    assert last.endswith(", replayed 2, skipped 1]") and "job/s" in last
     assert terminal.getvalue().endswith("\n")
     pipe = io.StringIO()
     Progress(pipe, "replay").finish(summary)

@@ -16,8 +16,8 @@ import pytest
 
 from devstack.supervisor import ROOT
 from genjobs.db import Database
-from genjobs.replay import Action, Replayer, Summary
-from genjobs.replay_sources import (
+from genjobs.ops.replay import Action, Replayer, Summary
+from genjobs.ops.replay_sources import (
     DeadLetter,
     DeadLetterSubscription,
     job_id_from_data,
@@ -258,7 +258,7 @@ def cli(stack: Stack, db_url: str, *args: str) -> dict[str, Any]:
         "GENJOBS_ENV": "local",
     }
     result = subprocess.run(
-        [sys.executable, "-m", "genjobs.cli", "replay", *args, "--json"],
+        [sys.executable, "-m", "genjobs.ops.cli", "replay", *args, "--json"],
         capture_output=True,
         text=True,
         cwd=ROOT,

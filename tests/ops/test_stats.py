@@ -17,7 +17,7 @@ from sqlalchemy.exc import DBAPIError
 
 from devstack.supervisor import ROOT
 from genjobs.db import Database
-from genjobs.stats import Figures, bucket_labels, collect, render_text
+from genjobs.ops.stats import Figures, bucket_labels, collect, render_text
 from tests.ops.helpers import insert_job
 
 DAY1 = date(2020, 1, 10)
@@ -227,7 +227,7 @@ def stats_cli(app_database_url: str, *args: str) -> subprocess.CompletedProcess[
         "GENJOBS_ENV": "local",
     }
     return subprocess.run(
-        [sys.executable, "-m", "genjobs.cli", "stats", *args],
+        [sys.executable, "-m", "genjobs.ops.cli", "stats", *args],
         capture_output=True,
         text=True,
         cwd=ROOT,

@@ -46,8 +46,8 @@ def _dev(args: argparse.Namespace) -> int:
 
 
 def _replay(args: argparse.Namespace) -> int:
-    from genjobs.replay_cli import DATABASE, DEAD_LETTER, ReplayOptions, run_replay
-    from genjobs.replay_sources import JobFilter
+    from genjobs.ops.replay_cli import DATABASE, DEAD_LETTER, ReplayOptions, run_replay
+    from genjobs.ops.replay_sources import JobFilter
 
     database_filters = [args.status, args.task, args.error_code, args.since, args.until, args.user]
     source = args.source or (DATABASE if any(f is not None for f in database_filters) else None)
@@ -80,8 +80,8 @@ def _replay(args: argparse.Namespace) -> int:
 
 def _stats(args: argparse.Namespace) -> int:
     from genjobs.db import create_database
+    from genjobs.ops.stats import collect, render_text
     from genjobs.settings import load_settings
-    from genjobs.stats import collect, render_text
 
     until = args.until or datetime.now(UTC).date()
     since = args.since or until - timedelta(days=args.days - 1)
@@ -95,7 +95,7 @@ def _stats(args: argparse.Namespace) -> int:
         db.dispose()
     print(json.dumps(report.as_dict(), indent=2) if args.json else render_text(report))
     if args.html:
-        from genjobs.stats_html import render_html
+        from genjobs.ops.stats_html import render_html
 
         Path(args.html).write_text(render_html(report), encoding="utf-8")
         print(f"HTML report written to {args.html}", file=sys.stderr)

@@ -15,7 +15,7 @@ from sqlalchemy import Connection
 
 from genjobs.db import Database
 from genjobs.errors import GenJobsError
-from genjobs.replay import Action, Replayer, ReplayResult, Summary
+from genjobs.ops.replay import Action, Replayer, ReplayResult, Summary
 from genjobs.sql import query
 
 DEAD_LETTER_SUBSCRIPTION = "generation-jobs-dead-letter-replay"  # infra/pubsub.yaml
