@@ -6,8 +6,8 @@ from alembic import context
 from sqlalchemy import Connection
 
 from genjobs.db import create_database
-from genjobs.models import Base
 from genjobs.settings import load_settings
+from genjobs.tables import Base
 
 target_metadata = Base.metadata
 

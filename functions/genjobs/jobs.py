@@ -10,6 +10,9 @@ from typing import Any
 
 from genjobs.statuses import Status
 
+# Attempts a job gets: at submit, and again on top of those used when it is replayed.
+MAX_ATTEMPTS = 5
+
 
 @dataclass(frozen=True)
 class Usage:

@@ -56,13 +56,10 @@ class RetryDecision:
 def decide(error: Exception, settings: RetrySettings) -> RetryDecision:
     """The decision for an error raised by an attempt (see the table above)."""
     if isinstance(error, PermanentFailure):
-        return RetryDecision(Action.FAIL, error.error_code, error.detail)
+        return RetryDecision(Action.FAIL, error.code, error.detail)
     if isinstance(error, ModelUnavailable):
         # A reset later than Pub/Sub's backoff would only burn delivery attempts.
-        if (
-            error.error_code == "rate_limited"
-            and error.retry_after > settings.retry_min_backoff_seconds
-        ):
-            return RetryDecision(Action.DEFER, error.error_code, error.detail, error.retry_after)
-        return RetryDecision(Action.RETRY, error.error_code, error.detail)
+        if error.code == "rate_limited" and error.retry_after > settings.retry_min_backoff_seconds:
+            return RetryDecision(Action.DEFER, error.code, error.detail, error.retry_after)
+        return RetryDecision(Action.RETRY, error.code, error.detail)
     return RetryDecision(Action.RETRY, UNEXPECTED_CODE, "unexpected worker error")

@@ -20,7 +20,7 @@ from genjobs import store
 from genjobs.db import Database
 from genjobs.errors import ModelUnavailable, Unauthenticated
 from genjobs.jobs import Job
-from genjobs.model_client import Generation, ModelClient, SupportsGenerate
+from genjobs.model_client import ModelAnswer, ModelClient, SupportsGenerate
 from genjobs.push import PushAnswer
 from genjobs.settings import Settings
 from genjobs.statuses import Status
@@ -50,7 +50,7 @@ class Around:
         self.inner = inner
         self.during = during
 
-    def generate(self, task: Task, messages: Sequence[Message], *, timeout: float) -> Generation:
+    def generate(self, task: Task, messages: Sequence[Message], *, timeout: float) -> ModelAnswer:
         generation = self.inner.generate(task, messages, timeout=timeout)
         self.during()
         return generation
@@ -396,7 +396,7 @@ def test_unexpected_error_nacks_and_requeues_at_once(
     class Broken:
         def generate(
             self, task: Task, messages: Sequence[Message], *, timeout: float
-        ) -> Generation:
+        ) -> ModelAnswer:
             raise RuntimeError("a bug")
 
     job = insert(clean_db, unique("hits a bug"))
@@ -430,11 +430,9 @@ class RateLimitedModel:
         self.retry_after = retry_after
         self.calls = 0
 
-    def generate(self, task: Task, messages: Sequence[Message], *, timeout: float) -> Generation:
+    def generate(self, task: Task, messages: Sequence[Message], *, timeout: float) -> ModelAnswer:
         self.calls += 1
-        raise ModelUnavailable(
-            "rate limited", retry_after=self.retry_after, error_code="rate_limited"
-        )
+        raise ModelUnavailable("rate limited", retry_after=self.retry_after, code="rate_limited")
 
 
 def test_long_rate_limit_defers_the_job_without_spending_its_attempt(

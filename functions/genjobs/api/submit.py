@@ -22,7 +22,7 @@ from genjobs.errors import (
     PayloadTooLarge,
     RateLimited,
 )
-from genjobs.jobs import Job
+from genjobs.jobs import MAX_ATTEMPTS, Job
 from genjobs.publisher import JobPublisher, publish_job
 from genjobs.settings import Settings
 from genjobs.tasks import Task
@@ -30,7 +30,6 @@ from genjobs.tasks import Task
 log = logging.getLogger(__name__)
 
 MAX_IDEMPOTENCY_KEY_LENGTH = 255
-DEFAULT_MAX_ATTEMPTS = 5
 
 
 @dataclass(frozen=True)
@@ -177,7 +176,7 @@ class SubmitService:
                     idempotency_key=key,
                     request_hash=fingerprint,
                     trace_id=trace_id,
-                    max_attempts=DEFAULT_MAX_ATTEMPTS,
+                    max_attempts=MAX_ATTEMPTS,
                 ),
             )
         if job is None:  # the per-user lock makes this unreachable; DESIGN's answer if not

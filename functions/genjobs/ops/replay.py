@@ -14,15 +14,12 @@ from typing import Any
 from sqlalchemy import RowMapping
 
 from genjobs.db import Database
-from genjobs.jobs import Job
+from genjobs.jobs import MAX_ATTEMPTS, Job
 from genjobs.publisher import JobPublisher, publish_job
 from genjobs.sql import query
 from genjobs.statuses import Status
 
 log = logging.getLogger(__name__)
-
-# Attempts a replayed job gets, as many as a new submission (api.submit.DEFAULT_MAX_ATTEMPTS).
-DEFAULT_ATTEMPT_BUDGET = 5
 
 
 class Action(StrEnum):
@@ -117,7 +114,7 @@ class Replayer:
         db: Database,
         publisher: JobPublisher,
         *,
-        budget: int = DEFAULT_ATTEMPT_BUDGET,
+        budget: int = MAX_ATTEMPTS,
         dry_run: bool = False,
     ) -> None:
         if budget <= 0:

@@ -10,7 +10,8 @@ from typing import TextIO
 
 from tqdm import tqdm
 
-from genjobs.ops.replay import DEFAULT_ATTEMPT_BUDGET, Action, Replayer, ReplayResult, Summary
+from genjobs.jobs import MAX_ATTEMPTS
+from genjobs.ops.replay import Action, Replayer, ReplayResult, Summary
 from genjobs.ops.replay_sources import DEAD_LETTER_SUBSCRIPTION, JobFilter
 
 DATABASE = "database"
@@ -24,7 +25,7 @@ class ReplayOptions:
     source: str  # DATABASE or DEAD_LETTER
     selection: JobFilter
     dry_run: bool = False
-    budget: int = DEFAULT_ATTEMPT_BUDGET
+    budget: int = MAX_ATTEMPTS
     subscription: str = DEAD_LETTER_SUBSCRIPTION
     concurrency: int = 4
     as_json: bool = False
