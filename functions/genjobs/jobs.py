@@ -80,6 +80,17 @@ class Job:
             finished_at=row["finished_at"],
         )
 
+    @property
+    def last_error(self) -> str:
+        """The job's last error as `code: message`, for the messages that quote it."""
+        if not self.error:
+            return "none recorded"
+        return f"{self.error.get('code', 'unknown')}: {self.error.get('message', '')}"
+
+    def log_context(self) -> dict[str, Any]:
+        """The fields a log line about this job carries."""
+        return {"job_id": str(self.id), "task": self.task, "attempt": self.attempts}
+
     def view(self) -> dict[str, Any]:
         """The job as the HTTP API shows it."""
         usage = None

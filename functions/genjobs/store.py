@@ -53,6 +53,10 @@ class Delivery:
     message_id: str | None = None
     delivery_attempt: int | None = None
 
+    def log_context(self) -> dict[str, Any]:
+        """The fields a log line about this delivery carries."""
+        return {"message_id": self.message_id, "delivery_attempt": self.delivery_attempt}
+
 
 class Refusal(StrEnum):
     """Why a claim did not take the job (worked out by the claim statement itself)."""

@@ -16,7 +16,15 @@ from genjobs.db import Database
 from genjobs.errors import ModelUnavailable, PermanentFailure
 from genjobs.jobs import Job
 from genjobs.model_client import SupportsGenerate
-from genjobs.push import PushAnswer, PushMessage, ServiceVerifier, answer_push, error_answer
+from genjobs.push import (
+    PushAnswer,
+    PushMessage,
+    ServiceVerifier,
+    answer_push,
+    error_answer,
+    job_answer,
+    unknown_job_answer,
+)
 from genjobs.settings import Settings
 from genjobs.statuses import Event, Status
 from genjobs.store import Delivery, Outcome, Refusal
@@ -77,15 +85,15 @@ class Worker:
                 "push for a job that does not exist acked",
                 extra={"job_id": str(message.job_id), "message_id": message.message_id},
             )
-            return PushAnswer(200, {"outcome": "unknown_job", "job_id": str(message.job_id)})
+            return unknown_job_answer(message.job_id)
         extra = _extra(job, delivery)
         if refused in (Refusal.FINISHED, Refusal.CANCELLED):
             log.info("duplicate or late delivery of a finished job acked", extra=extra)
-            return _answer(job, "already_finished")
+            return job_answer(job, "already_finished")
         if refused is Refusal.DEFERRED:
             # Deferred by a rate limit: the sweeper publishes it again once it is due.
             log.info("delivery of a deferred job acked", extra=extra)
-            return _answer(job, "deferred")
+            return job_answer(job, "deferred")
         if refused is Refusal.ATTEMPTS_SPENT:
             return self._exhaust(conn, job, delivery)
         # Running under another delivery's live lease. Acked, not nacked: every nack spends
@@ -93,7 +101,7 @@ class Worker:
         # than the remaining attempts last. If that attempt dies, the sweeper requeues the
         # job once the lease expires and publishes it again.
         log.info("job is running under another delivery's lease; duplicate acked", extra=extra)
-        return _answer(job, "running_elsewhere")
+        return job_answer(job, "running_elsewhere")
 
     def _exhaust(self, conn: Connection, job: Job, delivery: Delivery) -> PushAnswer:
         failed = store.fail_unfinished(
@@ -101,13 +109,13 @@ class Worker:
             job.id,
             event=Event.FAILED,
             error_code="attempts_exhausted",
-            error_message=f"all {job.max_attempts} attempts used; last error: {_last_error(job)}",
+            error_message=f"all {job.max_attempts} attempts used; last error: {job.last_error}",
             delivery=delivery,
         )
         if failed is None:
-            return _answer(job, "already_finished")
+            return job_answer(job, "already_finished")
         log.warning("job failed: attempts exhausted", extra=_extra(job, delivery))
-        return _answer(failed, "attempts_exhausted")
+        return job_answer(failed, "attempts_exhausted")
 
     def _run(self, job: Job, delivery: Delivery) -> PushAnswer:
         task = self._tasks.get(job.task)
@@ -163,11 +171,11 @@ class Worker:
         )
         written = self._write(job, delivery, outcome)
         if written is None:
-            return _answer(job, "fenced")
+            return job_answer(job, "fenced")
         extra = _extra(job, delivery)
         if decision.action is retry.Action.DEFER:
             log.warning("model rate limit; job deferred %.0fs", decision.defer_seconds, extra=extra)
-            return _answer(written, "deferred")
+            return job_answer(written, "deferred")
         log.warning("transient model error; job requeued: %s", decision.error_code, extra=extra)
         return error_answer(error)
 
@@ -175,14 +183,14 @@ class Worker:
         """Write a final outcome (or a failure the job cannot recover from) and ack."""
         written = self._write(job, delivery, outcome)
         if written is None:
-            return _answer(job, "fenced")
+            return job_answer(job, "fenced")
         crash_point("after_commit")
         extra = {**_extra(job, delivery), "error_code": outcome.error_code}
         if outcome.status is Status.SUCCEEDED:
             log.info("job succeeded", extra={**extra, "latency_ms": outcome.latency_ms})
         else:
             log.warning("job failed: %s", outcome.error_code, extra=extra)
-        return _answer(written, outcome.status.value)
+        return job_answer(written, outcome.status.value)
 
     def _write(self, job: Job, delivery: Delivery, outcome: Outcome) -> Job | None:
         """The guarded write; None when a cancel or a takeover got there first (logged)."""
@@ -206,21 +214,5 @@ class Worker:
         return max(0, round((self._clock() - started) * 1000))
 
 
-def _last_error(job: Job) -> str:
-    if not job.error:
-        return "none recorded"
-    return f"{job.error.get('code', 'unknown')}: {job.error.get('message', '')}"
-
-
-def _answer(job: Job, outcome: str) -> PushAnswer:
-    return PushAnswer(200, {"outcome": outcome, "job_id": str(job.id), "status": job.status.value})
-
-
 def _extra(job: Job, delivery: Delivery) -> dict[str, Any]:
-    return {
-        "job_id": str(job.id),
-        "attempt": job.attempts,
-        "task": job.task,
-        "message_id": delivery.message_id,
-        "delivery_attempt": delivery.delivery_attempt,
-    }
+    return {**job.log_context(), **delivery.log_context()}

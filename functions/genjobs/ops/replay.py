@@ -178,7 +178,7 @@ class Replayer:
         if published.error is not None:
             reason = type(published.error).__name__
             return ReplayResult(job.id, Action.PUBLISH_FAILED, reason, job.task, previous)
-        log.info("job replayed", extra={"job_id": str(job.id), "attempt": job.attempts})
+        log.info("job replayed", extra=job.log_context())
         return ReplayResult(job.id, Action.REPLAYED, "", job.task, previous, published.message_id)
 
 
