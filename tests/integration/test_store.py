@@ -8,27 +8,15 @@ from genjobs import store
 from genjobs.db import Database
 from genjobs.jobs import Usage
 from genjobs.statuses import Status
+from tests.factories import TEST_USER, new_job
 from tests.integration.jobs import events
 
-USER = uuid.UUID("00000000-0000-4000-8000-00000000000a")
-
-
-def new_job(key: str | None = None, user: uuid.UUID = USER) -> store.NewJob:
-    return store.NewJob(
-        user_id=user,
-        task="summarize",
-        input={"text": "hello"},
-        metadata={},
-        idempotency_key=key,
-        request_hash="h",
-        trace_id=None,
-        max_attempts=3,
-    )
+USER = TEST_USER
 
 
 def test_insert_claim_succeed_writes_one_log_row_per_event(clean_db: Database) -> None:
     with clean_db.transaction() as conn:
-        job = store.insert_job(conn, new_job())
+        job = store.insert_job(conn, new_job(max_attempts=3))
     assert job is not None and job.status is Status.QUEUED
     with clean_db.transaction() as conn:
         store.mark_published(conn, job.id, "m-1")
@@ -53,8 +41,8 @@ def test_insert_claim_succeed_writes_one_log_row_per_event(clean_db: Database) -
 
 def test_idempotency_key_conflict_returns_none_and_usage_sees_existing(clean_db: Database) -> None:
     with clean_db.transaction() as conn:
-        first = store.insert_job(conn, new_job("k1"))
-        second = store.insert_job(conn, new_job("k1"))
+        first = store.insert_job(conn, new_job(idempotency_key="k1", max_attempts=3))
+        second = store.insert_job(conn, new_job(idempotency_key="k1", max_attempts=3))
         usage = store.user_usage(conn, USER, "k1")
     assert first is not None and second is None
     assert usage.existing is not None and usage.existing.id == first.id
@@ -63,7 +51,7 @@ def test_idempotency_key_conflict_returns_none_and_usage_sees_existing(clean_db:
 
 def test_cancel_only_unfinished_and_fencing_refuses_the_worker(clean_db: Database) -> None:
     with clean_db.transaction() as conn:
-        job = store.insert_job(conn, new_job())
+        job = store.insert_job(conn, new_job(max_attempts=3))
     assert job is not None
     with clean_db.transaction() as conn:
         claim = store.claim_job(conn, job.id, 60, store.Delivery())
@@ -78,7 +66,10 @@ def test_cancel_only_unfinished_and_fencing_refuses_the_worker(clean_db: Databas
 
 def test_list_is_keyset_paginated_newest_first(clean_db: Database) -> None:
     with clean_db.transaction() as conn:
-        ids = [store.insert_job(conn, new_job(f"k{i}")) for i in range(5)]
+        ids = [
+            store.insert_job(conn, new_job(idempotency_key=f"k{i}", max_attempts=3))
+            for i in range(5)
+        ]
     seen: list[uuid.UUID] = []
     cursor = None
     while True:
