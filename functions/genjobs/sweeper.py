@@ -17,6 +17,33 @@ log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
+class SweptJob:
+    """A job a sweep step moved: what publishing it needs, and where the step left it."""
+
+    id: uuid.UUID
+    task: str
+    trace_id: str | None
+    ai_status: str
+    was_published: bool
+
+
+@dataclass(frozen=True)
+class PublishPlan:
+    """What a sweep publishes, and what its lease step did."""
+
+    to_publish: list[SweptJob]
+    leases_requeued: int
+    leases_failed: int
+
+
+def plan_publish(leases_moved: list[SweptJob], due: list[SweptJob]) -> PublishPlan:
+    """Publish each job requeued from an expired lease and each due one, once; failed ones not."""
+    requeued = [job for job in leases_moved if job.ai_status == "queued"]
+    unique = {job.id: job for job in [*requeued, *due]}
+    return PublishPlan(list(unique.values()), len(requeued), len(leases_moved) - len(requeued))
+
+
+@dataclass(frozen=True)
 class SweepCounts:
     """What one sweep did."""
 
@@ -76,14 +103,12 @@ class Sweeper:
                     "batch": s.sweep_batch_size,
                 },
             ).all()
-        requeued = [r for r in moved if r.ai_status == "queued"]
-        to_publish = {r.id: (r.id, r.task, r.trace_id, r.was_published) for r in requeued}
-        to_publish.update({r.id: (r.id, r.task, r.trace_id, r.was_published) for r in due})
-        published, failed = self._publish_all(list(to_publish.values()))
+        plan = plan_publish([SweptJob(*r) for r in moved], [SweptJob(*r) for r in due])
+        published, failed = self._publish_all(plan.to_publish)
         counts = SweepCounts(
             expired=expired,
-            leases_requeued=len(requeued),
-            leases_failed=len(moved) - len(requeued),
+            leases_requeued=plan.leases_requeued,
+            leases_failed=plan.leases_failed,
             published=published,
             publish_failed=failed,
         )
@@ -91,16 +116,16 @@ class Sweeper:
             log.info("sweep: %s", asdict(counts))
         return counts
 
-    def _publish_all(self, jobs: list[tuple[uuid.UUID, str, str | None, bool]]) -> tuple[int, int]:
+    def _publish_all(self, jobs: list[SweptJob]) -> tuple[int, int]:
         published = failed = 0
-        for job_id, task, trace_id, was_published in jobs:
+        for job in jobs:
             result = publish_job(
                 self._db,
                 self._publisher,
-                job_id,
-                task=task,
-                trace_id=trace_id,
-                was_published=was_published,
+                job.id,
+                task=job.task,
+                trace_id=job.trace_id,
+                was_published=job.was_published,
             )
             if result.error is None:
                 published += 1

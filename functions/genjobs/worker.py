@@ -15,7 +15,7 @@ from genjobs.crashpoints import crash_point
 from genjobs.db import Database
 from genjobs.errors import ModelUnavailable, PermanentFailure
 from genjobs.jobs import Job
-from genjobs.model_client import SupportsGenerate
+from genjobs.model_client import ModelAnswer, SupportsGenerate
 from genjobs.push import (
     PushAnswer,
     PushMessage,
@@ -31,6 +31,24 @@ from genjobs.store import Delivery, Outcome, Refusal
 from genjobs.tasks.base import Message, Task
 
 log = logging.getLogger(__name__)
+
+
+# A refused claim is acked (the push answer's outcome, and why), never nacked: a nack spends
+# one of Pub/Sub's delivery attempts and cannot change the refusal. A job deferred by a rate
+# limit is published again by the sweeper once due; one running under another delivery's live
+# lease is requeued and republished by the sweeper if that attempt dies (a crashed worker
+# holds its lease longer than the remaining attempts would last).
+ACKED_REFUSALS: dict[Refusal, tuple[str, str]] = {
+    Refusal.FINISHED: ("already_finished", "duplicate or late delivery of a finished job"),
+    Refusal.CANCELLED: ("already_finished", "delivery of a cancelled job"),
+    Refusal.DEFERRED: ("deferred", "delivery of a job deferred by a rate limit"),
+    Refusal.LEASE_LIVE: ("running_elsewhere", "job is running under another delivery's lease"),
+}
+
+
+def stored_result(task: Task, answer: ModelAnswer) -> Any:
+    """What a success stores: free text as {"text": ...}, a structured answer as parsed."""
+    return answer.output if task.output_schema else {"text": answer.output}
 
 
 class Worker:
@@ -86,22 +104,11 @@ class Worker:
                 extra={"job_id": str(message.job_id), "message_id": message.message_id},
             )
             return unknown_job_answer(message.job_id)
-        extra = _extra(job, delivery)
-        if refused in (Refusal.FINISHED, Refusal.CANCELLED):
-            log.info("duplicate or late delivery of a finished job acked", extra=extra)
-            return job_answer(job, "already_finished")
-        if refused is Refusal.DEFERRED:
-            # Deferred by a rate limit: the sweeper publishes it again once it is due.
-            log.info("delivery of a deferred job acked", extra=extra)
-            return job_answer(job, "deferred")
         if refused is Refusal.ATTEMPTS_SPENT:
             return self._exhaust(conn, job, delivery)
-        # Running under another delivery's live lease. Acked, not nacked: every nack spends
-        # one of Pub/Sub's delivery attempts, and a crashed worker holds its lease longer
-        # than the remaining attempts last. If that attempt dies, the sweeper requeues the
-        # job once the lease expires and publishes it again.
-        log.info("job is running under another delivery's lease; duplicate acked", extra=extra)
-        return job_answer(job, "running_elsewhere")
+        outcome, why = ACKED_REFUSALS[refused or Refusal.LEASE_LIVE]
+        log.info("%s; delivery acked", why, extra=_extra(job, delivery))
+        return job_answer(job, outcome)
 
     def _exhaust(self, conn: Connection, job: Job, delivery: Delivery) -> PushAnswer:
         failed = store.fail_unfinished(
@@ -152,9 +159,7 @@ class Worker:
                 self._release(job, delivery, decision)
                 raise
             return self._retry(job, delivery, error, decision, self._since(started))
-        # Free text is stored as {"text": ...}; structured answers as the parsed object.
-        result = answer.output if task.output_schema else {"text": answer.output}
-        outcome = Outcome.succeeded(result, answer.usage, self._since(started))
+        outcome = Outcome.succeeded(stored_result(task, answer), answer.usage, self._since(started))
         return self._finish(job, delivery, outcome)
 
     def _retry(

@@ -139,6 +139,37 @@ def _canonical(value: Any) -> bytes:
     return json.dumps(value, sort_keys=True, separators=(",", ":"), ensure_ascii=False).encode()
 
 
+def same_request(existing: Job, fingerprint: str) -> Job:
+    """The job made earlier with this Idempotency-Key, if it was asked with the same body."""
+    if existing.request_hash != fingerprint:
+        raise IdempotencyKeyReused("this Idempotency-Key was used with a different request body")
+    return existing
+
+
+def check_limits(usage: store.UserUsage, settings: Settings, now: datetime) -> None:
+    """Refuse a submit over the user's rate, unfinished jobs or daily tokens (429)."""
+    s = settings
+    if usage.submitted_last_minute >= s.submits_per_minute:
+        raise RateLimited(
+            f"at most {s.submits_per_minute} submissions per minute",
+            retry_after=60,
+            code="rate_limited",
+        )
+    if usage.active_jobs >= s.max_active_jobs:
+        raise RateLimited(
+            f"at most {s.max_active_jobs} unfinished jobs at a time",
+            retry_after=5,
+            code="too_many_active_jobs",
+        )
+    if usage.tokens_today >= s.daily_token_budget:
+        midnight = (now + timedelta(days=1)).replace(hour=0, minute=0, second=0, microsecond=0)
+        raise RateLimited(
+            f"the daily budget of {s.daily_token_budget} tokens is spent",
+            retry_after=int((midnight - now).total_seconds()) + 1,
+            code="token_budget_exhausted",
+        )
+
+
 class SubmitService:
     """Stores a job (durable from then on) and publishes its id."""
 
@@ -160,12 +191,8 @@ class SubmitService:
         with self.db.transaction() as conn:
             usage = store.user_usage(conn, user_id, key)
             if usage.existing is not None:
-                if usage.existing.request_hash != fingerprint:
-                    raise IdempotencyKeyReused(
-                        "this Idempotency-Key was used with a different request body"
-                    )
-                return Submitted(usage.existing, replayed=True)
-            self._check_limits(usage)
+                return Submitted(same_request(usage.existing, fingerprint), replayed=True)
+            check_limits(usage, self.settings, datetime.now(UTC))
             job = store.insert_job(
                 conn,
                 store.NewJob(
@@ -183,29 +210,6 @@ class SubmitService:
             raise IdempotencyKeyInProgress("a request with this Idempotency-Key is in progress")
         self._publish(job)
         return Submitted(job, replayed=False)
-
-    def _check_limits(self, usage: store.UserUsage) -> None:
-        s = self.settings
-        if usage.submitted_last_minute >= s.submits_per_minute:
-            raise RateLimited(
-                f"at most {s.submits_per_minute} submissions per minute",
-                retry_after=60,
-                code="rate_limited",
-            )
-        if usage.active_jobs >= s.max_active_jobs:
-            raise RateLimited(
-                f"at most {s.max_active_jobs} unfinished jobs at a time",
-                retry_after=5,
-                code="too_many_active_jobs",
-            )
-        if usage.tokens_today >= s.daily_token_budget:
-            now = datetime.now(UTC)
-            midnight = (now + timedelta(days=1)).replace(hour=0, minute=0, second=0, microsecond=0)
-            raise RateLimited(
-                f"the daily budget of {s.daily_token_budget} tokens is spent",
-                retry_after=int((midnight - now).total_seconds()) + 1,
-                code="token_budget_exhausted",
-            )
 
     def _publish(self, job: Job) -> None:
         """Publish after commit; a failure leaves the job queued for the sweeper."""

@@ -264,7 +264,7 @@ WITH due AS (
 )
 UPDATE generations g SET not_before = NULL, updated_at = now()
 FROM due WHERE g.id = due.id
-RETURNING g.id, g.task, g.trace_id, g.published_at IS NOT NULL AS was_published
+RETURNING g.id, g.task, g.trace_id, g.ai_status, g.published_at IS NOT NULL AS was_published
 
 
 -- ===== Replay (genjobs replay) =====
