@@ -40,8 +40,7 @@ def new_job(
 
 
 class JobFactory:
-    """The `job_factory` fixture: `job_factory(...)` submits a queued job (its `queued` row
-    included) with new_job's arguments; `job_factory.row(...)` writes one in any state."""
+    """The `job_factory` fixture: call it to submit a queued job, `.row()` for any state."""
 
     def __init__(self, db: Database) -> None:
         self.db = db

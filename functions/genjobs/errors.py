@@ -233,8 +233,7 @@ class PermanentFailure(GenJobsError):
 
 
 class ModelRefused(PermanentFailure):
-    """The model API rejected the request (policy, invalid request), or answered with a
-    refusal (`usage` then says what it billed)."""
+    """The model API rejected the request, or answered with a refusal (`usage`: billed)."""
 
     code = "model_refused"
     title = "Model refused the request"

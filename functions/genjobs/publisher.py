@@ -1,5 +1,4 @@
-"""Publishing jobs: the one way (publish after commit, record it, else leave it to the sweeper)
-and the real google-cloud-pubsub client it uses."""
+"""Publishing jobs: publish_job (the one way) and the real google-cloud-pubsub client."""
 
 from __future__ import annotations
 
@@ -106,12 +105,10 @@ def publish_job(
     trace_id: str | None,
     was_published: bool = False,
 ) -> PublishResult:
-    """Publish a committed job and record it; on failure leave it to the sweeper.
-
-    The only way jobs are published (submit, replay, sweeper). A failed publish of a job that
-    was published before clears `published_at`, so the sweeper takes it after the grace period
-    rather than the republish interval; a job never published needs no write for that.
-    """
+    """Publish a committed job and record it; on failure leave it to the sweeper."""
+    # The only way jobs are published (submit, replay, sweeper). A failed publish of a job
+    # published before clears `published_at`, so the sweeper takes it after the grace period
+    # rather than the republish interval; a job never published needs no write for that.
     attributes = {"task": task, **({"trace_id": trace_id} if trace_id else {})}
     extra = {"job_id": str(job_id), "task": task}
     try:

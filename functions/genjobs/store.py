@@ -212,11 +212,10 @@ def claim_job(
 
 @dataclass(frozen=True)
 class Outcome:
-    """How an attempt ended, as written to the job and its log row.
+    """How an attempt ended, as written to the job and its log row."""
 
-    Built only by `succeeded`, `failed` and `retry`: the status comes from the event's
-    transition, so the two cannot disagree.
-    """
+    # Built only by `succeeded`, `failed` and `retry`; the status comes from the event's
+    # transition (statuses.TRANSITIONS), so the two cannot disagree.
 
     event: Event
     result: Any = None

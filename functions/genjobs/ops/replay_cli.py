@@ -33,8 +33,7 @@ class ReplayOptions:
 
 
 class Progress:
-    """tqdm's progress line on stderr (count, rate, ETA, terminal width) with the outcomes so
-    far; silent when stderr is not a terminal."""
+    """tqdm's progress line on stderr, with the outcomes so far; silent when not a terminal."""
 
     def __init__(self, stream: TextIO, label: str, total: int | None = None) -> None:
         self._bar = tqdm(
