@@ -152,9 +152,10 @@ locals {
 
   # The deployed source: functions/ (main.py and the genjobs package) plus the root
   # requirements.txt. A test fails when functions/ holds a file these patterns leave out.
+  # genjobs/ops (the operator's `genjobs` command) is never deployed.
   functions_dir   = "${path.module}/../functions"
-  source_patterns = ["*.py", "**/*.py"]
-  source_files    = sort(distinct(flatten([for pattern in local.source_patterns : tolist(fileset(local.functions_dir, pattern))])))
+  source_patterns = ["*.py", "**/*.py", "genjobs/sql/*.sql"]
+  source_files    = sort(setsubtract(distinct(flatten([for pattern in local.source_patterns : tolist(fileset(local.functions_dir, pattern))])), fileset(local.functions_dir, "genjobs/ops/**")))
   source_hash = sha256(join("\n", concat(
     [for file in local.source_files : "${file}:${filesha256("${local.functions_dir}/${file}")}"],
     ["requirements.txt:${filesha256("${path.module}/../requirements.txt")}"],

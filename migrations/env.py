@@ -9,8 +9,8 @@ from alembic.script import ScriptDirectory
 from sqlalchemy import Connection, column, select, table, text
 
 from genjobs.db import create_database
-from genjobs.models import Base
 from genjobs.settings import load_settings
+from genjobs.tables import Base
 
 target_metadata = Base.metadata
 

@@ -16,6 +16,7 @@ from devstack.database import admin_execute, prepare_database, with_database
 from devstack.dev import StackConfig
 from genjobs.db import Database, create_database, embedded_database_url
 from genjobs.settings import Settings, load_settings
+from tests.factories import JobFactory
 from tests.stack import Stack, free_ports, running_stack
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -94,6 +95,12 @@ def clean_db(db: Database) -> Database:
     with db.transaction() as conn:
         conn.execute(text("TRUNCATE generation_logs, generations"))
     return db
+
+
+@pytest.fixture
+def job_factory(clean_db: Database) -> JobFactory:
+    """Makes jobs in the clean test database (tests/factories.py)."""
+    return JobFactory(clean_db)
 
 
 @pytest.fixture(scope="session")

@@ -8,8 +8,14 @@ from typing import Any
 from genjobs import store
 from genjobs.db import Database
 from genjobs.jobs import Job
-from genjobs.push import PushAnswer, PushMessage, ServiceVerifier, answer_push
-from genjobs.replay import replayed_since
+from genjobs.push import (
+    PushAnswer,
+    PushMessage,
+    ServiceVerifier,
+    answer_push,
+    job_answer,
+    unknown_job_answer,
+)
 from genjobs.statuses import Event
 
 log = logging.getLogger(__name__)
@@ -36,16 +42,16 @@ class DeadLetterHandler:
             job = store.get_job(conn, message.job_id)
             if job is None:
                 log.warning("dead letter for a job that does not exist acked", extra=extra)
-                return PushAnswer(200, {"outcome": "unknown_job", "job_id": str(message.job_id)})
+                return unknown_job_answer(message.job_id)
             if job.status.is_terminal:
                 log.info("dead letter for a finished job acked; job untouched", extra=extra)
-                return _answer(job, "already_finished")
-            if message.publish_time and replayed_since(conn, job.id, message.publish_time):
+                return job_answer(job, "already_finished")
+            if message.publish_time and store.replayed_since(conn, job.id, message.publish_time):
                 # A late or duplicate copy from before `genjobs replay` queued the job again.
                 log.info(
                     "dead letter older than its job's replay acked; job untouched", extra=extra
                 )
-                return _answer(job, "stale")
+                return job_answer(job, "stale")
             failed = store.fail_unfinished(
                 conn,
                 job.id,
@@ -57,20 +63,13 @@ class DeadLetterHandler:
         if failed is None:
             # Finished meanwhile, or an attempt holds a live lease: that attempt decides.
             log.info("job finished or running; dead letter acked, job untouched", extra=extra)
-            return _answer(job, "not_failed")
+            return job_answer(job, "not_failed")
         log.error("job dead-lettered and marked failed", extra={**extra, "attempt": job.attempts})
-        return _answer(failed, "dead_lettered")
+        return job_answer(failed, "dead_lettered")
 
 
 def _reason(job: Job, message: PushMessage) -> str:
     """What the job's error will say: how many deliveries, and the last error seen."""
     count = message.attributes.get(SOURCE_DELIVERY_COUNT, "")
     deliveries = int(count) if count.isdigit() else job.attempts
-    last = "none recorded"
-    if job.error:
-        last = f"{job.error.get('code', 'unknown')}: {job.error.get('message', '')}"
-    return f"gave up after {deliveries} delivery attempts; last error: {last}"
-
-
-def _answer(job: Job, outcome: str) -> PushAnswer:
-    return PushAnswer(200, {"outcome": outcome, "job_id": str(job.id), "status": job.status.value})
+    return f"gave up after {deliveries} delivery attempts; last error: {job.last_error}"

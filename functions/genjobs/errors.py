@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from typing import Any, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar
+
+if TYPE_CHECKING:
+    from genjobs.jobs import Usage
 
 PROBLEM_BASE = "https://genjobs.dev/problems/"
 
@@ -12,12 +15,16 @@ class GenJobsError(Exception):
     """Base of every error this project raises on purpose."""
 
     status: ClassVar[int] = 500
-    code: ClassVar[str] = "internal"
+    # What went wrong, in one word: the problem `type`, the push answer's `error`, the job's
+    # `error.code`. Each class has a default; an instance may name a narrower one.
+    code: str = "internal"
     title: ClassVar[str] = "Internal error"
 
-    def __init__(self, detail: str | None = None) -> None:
+    def __init__(self, detail: str | None = None, *, code: str | None = None) -> None:
         super().__init__(detail or self.title)
         self.detail = detail or self.title
+        if code:
+            self.code = code
 
     @property
     def type_uri(self) -> str:
@@ -156,14 +163,11 @@ class RateLimited(ClientError):
     code = "rate_limited"
     title = "Too many requests"
 
-    def __init__(self, detail: str | None = None, *, retry_after: int, code: str = "") -> None:
-        super().__init__(detail)
+    def __init__(
+        self, detail: str | None = None, *, retry_after: int, code: str | None = None
+    ) -> None:
+        super().__init__(detail, code=code)
         self.retry_after = max(1, int(retry_after))
-        self.limit_code = code or self.code
-
-    @property
-    def type_uri(self) -> str:
-        return PROBLEM_BASE + self.limit_code.replace("_", "-")
 
     def headers(self) -> dict[str, str]:
         return {"Retry-After": str(self.retry_after)}
@@ -179,8 +183,10 @@ class RetryLater(GenJobsError):
     code = "unavailable"
     title = "Service temporarily unavailable"
 
-    def __init__(self, detail: str | None = None, *, retry_after: float = 5) -> None:
-        super().__init__(detail)
+    def __init__(
+        self, detail: str | None = None, *, retry_after: float = 5, code: str | None = None
+    ) -> None:
+        super().__init__(detail, code=code)
         self.retry_after = retry_after
 
     def headers(self) -> dict[str, str]:
@@ -200,12 +206,6 @@ class ModelUnavailable(RetryLater):
     code = "model_unavailable"
     title = "Model temporarily unavailable"
 
-    def __init__(
-        self, detail: str | None = None, *, retry_after: float = 5, error_code: str = ""
-    ) -> None:
-        super().__init__(detail, retry_after=retry_after)
-        self.error_code = error_code or self.code
-
 
 # --- The job cannot succeed: record and stop --------------------------------------------
 
@@ -217,20 +217,23 @@ class PermanentFailure(GenJobsError):
     code = "permanent_failure"
     title = "Generation failed"
 
-    def __init__(self, detail: str | None = None, *, error_code: str = "") -> None:
-        super().__init__(detail)
-        self.error_code = error_code or self.code
+    def __init__(
+        self, detail: str | None = None, *, code: str | None = None, usage: Usage | None = None
+    ) -> None:
+        super().__init__(detail, code=code)
+        # What the model billed for an answer we rejected (it counts against budgets).
+        self.usage = usage
 
 
 class ModelRefused(PermanentFailure):
-    """The model API rejected the request (policy, invalid request)."""
+    """The model API rejected the request, or answered with a refusal (`usage`: billed)."""
 
     code = "model_refused"
     title = "Model refused the request"
 
 
 class InvalidModelOutput(PermanentFailure):
-    """The model's answer does not fit the task's contract."""
+    """The model's answer does not fit the task's contract (`usage`: what it billed)."""
 
     code = "invalid_model_output"
     title = "Model output was invalid"
@@ -251,3 +254,10 @@ class ConfigurationError(GenJobsError):
 
     code = "configuration_error"
     title = "Configuration error"
+
+
+class CommandLineError(GenJobsError):
+    """`genjobs` arguments that parse but do not make sense together."""
+
+    code = "command_line_error"
+    title = "Invalid command line"

@@ -10,6 +10,18 @@ from typing import Any
 
 from genjobs.statuses import Status
 
+# Attempts a job gets: at submit, and again on top of those used when it is replayed.
+MAX_ATTEMPTS = 5
+
+
+@dataclass(frozen=True)
+class Usage:
+    """Which model answered and the tokens it billed."""
+
+    model: str
+    prompt_tokens: int
+    completion_tokens: int
+
 
 @dataclass(frozen=True)
 class Job:
@@ -67,6 +79,17 @@ class Job:
             started_at=row["started_at"],
             finished_at=row["finished_at"],
         )
+
+    @property
+    def last_error(self) -> str:
+        """The job's last error as `code: message`, for the messages that quote it."""
+        if not self.error:
+            return "none recorded"
+        return f"{self.error.get('code', 'unknown')}: {self.error.get('message', '')}"
+
+    def log_context(self) -> dict[str, Any]:
+        """The fields a log line about this job carries."""
+        return {"job_id": str(self.id), "task": self.task, "attempt": self.attempts}
 
     def view(self) -> dict[str, Any]:
         """The job as the HTTP API shows it."""

@@ -12,6 +12,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Protocol
 
 from genjobs.errors import ConfigurationError, InvalidModelOutput, ModelRefused, ModelUnavailable
+from genjobs.jobs import Usage
 from genjobs.secrets import Secret
 from genjobs.settings import Settings
 from genjobs.tasks.base import Message, Task
@@ -35,17 +36,8 @@ _DURATION_PART = re.compile(r"(\d+(?:\.\d+)?)(ms|h|m|s)")
 
 
 @dataclass(frozen=True)
-class Usage:
-    """Which model answered and the tokens it billed."""
-
-    model: str
-    prompt_tokens: int
-    completion_tokens: int
-
-
-@dataclass(frozen=True)
-class Generation:
-    """A model answer: text for free-text tasks, the parsed JSON for structured ones."""
+class ModelAnswer:
+    """What the model returned: text for free-text tasks, the parsed JSON for structured ones."""
 
     output: Any
     model: str
@@ -58,26 +50,10 @@ class Generation:
         return Usage(self.model, self.prompt_tokens, self.completion_tokens)
 
 
-class RefusedAnswer(ModelRefused):
-    """The model answered with a refusal; tokens were still billed."""
-
-    def __init__(self, detail: str, *, error_code: str, usage: Usage) -> None:
-        super().__init__(detail, error_code=error_code)
-        self.usage = usage
-
-
-class InvalidAnswer(InvalidModelOutput):
-    """The model answered outside the task's contract; tokens were still billed."""
-
-    def __init__(self, detail: str, *, error_code: str, usage: Usage) -> None:
-        super().__init__(detail, error_code=error_code)
-        self.usage = usage
-
-
 class SupportsGenerate(Protocol):
     """What the worker needs from a model client."""
 
-    def generate(self, task: Task, messages: Sequence[Message], *, timeout: float) -> Generation:
+    def generate(self, task: Task, messages: Sequence[Message], *, timeout: float) -> ModelAnswer:
         """One model call for `task`, or a ModelUnavailable / ModelRefused / InvalidModelOutput."""
         ...
 
@@ -109,7 +85,7 @@ class ModelClient:
     def __repr__(self) -> str:
         return f"ModelClient(base_url={self._base_url!r})"
 
-    def generate(self, task: Task, messages: Sequence[Message], *, timeout: float) -> Generation:
+    def generate(self, task: Task, messages: Sequence[Message], *, timeout: float) -> ModelAnswer:
         """One chat completion for `task`, validated against its output contract."""
         completion = self._complete(task, messages, timeout)
         return self._read(task, completion)
@@ -152,15 +128,15 @@ class ModelClient:
         except openai.APIError as error:
             raise map_api_error(error, secret=self._api_key) from None
 
-    def _read(self, task: Task, completion: ChatCompletion) -> Generation:
+    def _read(self, task: Task, completion: ChatCompletion) -> ModelAnswer:
         usage = _usage(completion, task)
         content, truncated = self._content(completion, usage)
         if task.output_schema is None:
             output: Any = content
         elif truncated:
-            raise InvalidAnswer(
+            raise InvalidModelOutput(
                 f"the answer hit max_output_tokens={task.max_output_tokens} before the JSON ended",
-                error_code="output_truncated",
+                code="output_truncated",
                 usage=usage,
             )
         else:
@@ -168,43 +144,41 @@ class ModelClient:
         if not _storable(output):
             # jsonb refuses NUL and unpaired surrogates: the result write would fail on every
             # delivery. Refused here, the job fails once with a clear code instead.
-            raise InvalidAnswer(
+            raise InvalidModelOutput(
                 "the answer has text Postgres cannot store (NUL or unpaired surrogates)",
-                error_code="invalid_model_output",
+                code="invalid_model_output",
                 usage=usage,
             )
-        return Generation(output, usage.model, usage.prompt_tokens, usage.completion_tokens)
+        return ModelAnswer(output, usage.model, usage.prompt_tokens, usage.completion_tokens)
 
     def _content(self, completion: ChatCompletion, usage: Usage) -> tuple[str, bool]:
         """The answer's text and whether it was cut at max_output_tokens."""
         if not completion.choices:
-            raise InvalidAnswer(
-                "the model returned no choices", error_code="empty_output", usage=usage
+            raise InvalidModelOutput(
+                "the model returned no choices", code="empty_output", usage=usage
             )
         choice = completion.choices[0]
         if choice.finish_reason == "content_filter":
-            raise RefusedAnswer(
+            raise ModelRefused(
                 "the model's answer was stopped by its content filter",
-                error_code="content_policy_violation",
+                code="content_policy_violation",
                 usage=usage,
             )
         if choice.message.refusal:
-            raise RefusedAnswer(
+            raise ModelRefused(
                 f"the model refused: {_shorten(choice.message.refusal)}",
-                error_code="model_refused",
+                code="model_refused",
                 usage=usage,
             )
         content = choice.message.content or ""
         if len(content.encode()) > self._max_output_bytes:
-            raise InvalidAnswer(
+            raise InvalidModelOutput(
                 f"the answer is over {self._max_output_bytes} bytes",
-                error_code="output_too_large",
+                code="output_too_large",
                 usage=usage,
             )
         if not content.strip():
-            raise InvalidAnswer(
-                "the model returned no text", error_code="empty_output", usage=usage
-            )
+            raise InvalidModelOutput("the model returned no text", code="empty_output", usage=usage)
         return content, choice.finish_reason == "length"
 
     def _structured(self, name: str, schema: dict[str, Any], content: str, usage: Usage) -> Any:
@@ -212,15 +186,15 @@ class ModelClient:
         try:
             parsed = json.loads(content)
         except ValueError as error:
-            raise InvalidAnswer(
-                f"the answer is not JSON: {error}", error_code="invalid_model_output", usage=usage
+            raise InvalidModelOutput(
+                f"the answer is not JSON: {error}", code="invalid_model_output", usage=usage
             ) from None
         errors = self._validator(name, schema).iter_errors(parsed)
         problems = [str(e.message) for _, e in zip(range(3), errors, strict=False)]
         if problems:
-            raise InvalidAnswer(
+            raise InvalidModelOutput(
                 "the answer does not match the output schema: " + _shorten("; ".join(problems)),
-                error_code="invalid_model_output",
+                code="invalid_model_output",
                 usage=usage,
             )
         return parsed
@@ -241,24 +215,22 @@ def map_api_error(error: Exception, *, secret: Secret | None = None) -> Exceptio
     import openai
 
     if isinstance(error, openai.APITimeoutError):
-        return ModelUnavailable("the model call timed out", error_code="model_timeout")
+        return ModelUnavailable("the model call timed out", code="model_timeout")
     if isinstance(error, openai.APIConnectionError):
-        return ModelUnavailable(
-            "could not reach the model API", error_code="model_connection_error"
-        )
+        return ModelUnavailable("could not reach the model API", code="model_connection_error")
     if isinstance(error, (openai.AuthenticationError, openai.PermissionDeniedError)):
         # An operator problem (revoked key, no model access): retry with backoff, then the
         # dead-letter topic keeps the job for a replay once the key is fixed. The API's own
         # message may echo part of the key, so it is not repeated.
         status = error.status_code
         return ModelUnavailable(
-            f"the model API rejected our credentials (HTTP {status})", error_code="model_auth_error"
+            f"the model API rejected our credentials (HTTP {status})", code="model_auth_error"
         )
     if isinstance(error, openai.APIStatusError):
         return _status_error(error, secret)
     if isinstance(error, openai.APIError):
         return ModelUnavailable(
-            f"model API error: {_scrub(error.message, secret)}", error_code="model_error"
+            f"model API error: {_scrub(error.message, secret)}", code="model_error"
         )
     return error
 
@@ -270,20 +242,20 @@ def _status_error(error: Any, secret: Secret | None) -> Exception:
         quota = error.code == "insufficient_quota"
         return ModelUnavailable(
             detail,
-            error_code="model_quota_exceeded" if quota else "rate_limited",
+            code="model_quota_exceeded" if quota else "rate_limited",
             retry_after=retry_after_seconds(error.response.headers),
         )
     if status >= 500:
         return ModelUnavailable(
             detail,
-            error_code="model_server_error",
+            code="model_server_error",
             retry_after=retry_after_seconds(error.response.headers),
         )
     if status in _TRANSIENT_STATUSES:
-        return ModelUnavailable(detail, error_code="model_server_error")
+        return ModelUnavailable(detail, code="model_server_error")
     if error.code == "content_policy_violation":
-        return ModelRefused(detail, error_code="content_policy_violation")
-    return ModelRefused(detail, error_code="model_refused")
+        return ModelRefused(detail, code="content_policy_violation")
+    return ModelRefused(detail, code="model_refused")
 
 
 def retry_after_seconds(headers: Mapping[str, str]) -> float:

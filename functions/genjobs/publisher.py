@@ -1,4 +1,4 @@
-"""Publishing job ids to the jobs topic with the real google-cloud-pubsub client."""
+"""Publishing jobs: publish_job (the one way) and the real google-cloud-pubsub client."""
 
 from __future__ import annotations
 
@@ -6,8 +6,11 @@ import logging
 import threading
 import uuid
 from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Protocol
 
+from genjobs import store
+from genjobs.db import Database
 from genjobs.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -83,3 +86,43 @@ class PubSubJobPublisher:
     def publish(self, job_id: uuid.UUID, attributes: dict[str, str]) -> str:
         """Publish the job id as the message data; the database stays the source of truth."""
         return self._ensure_client()(str(job_id).encode(), attributes)
+
+
+@dataclass(frozen=True)
+class PublishResult:
+    """A publish's message id, or the error that left the job to the sweeper."""
+
+    message_id: str | None
+    error: Exception | None = None
+
+
+def publish_job(
+    db: Database,
+    publisher: JobPublisher,
+    job_id: uuid.UUID,
+    *,
+    task: str,
+    trace_id: str | None,
+    was_published: bool = False,
+) -> PublishResult:
+    """Publish a committed job and record it; on failure leave it to the sweeper."""
+    # The only way jobs are published (submit, replay, sweeper). A failed publish of a job
+    # published before clears `published_at`, so the sweeper takes it after the grace period
+    # rather than the republish interval; a job never published needs no write for that.
+    attributes = {"task": task, **({"trace_id": trace_id} if trace_id else {})}
+    extra = {"job_id": str(job_id), "task": task}
+    try:
+        message_id = publisher.publish(job_id, attributes)
+    except Exception as error:
+        log.warning("publish failed; the sweeper will publish this job", exc_info=True, extra=extra)
+        if was_published:
+            with db.transaction() as conn:
+                store.unmark_published(conn, job_id)
+        return PublishResult(None, error)
+    try:
+        with db.transaction() as conn:
+            store.mark_published(conn, job_id, message_id)
+    except Exception:
+        # The message is out: a missing `published` row only risks one more publish later.
+        log.warning("could not record a publish", exc_info=True, extra=extra)
+    return PublishResult(message_id)

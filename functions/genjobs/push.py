@@ -13,6 +13,7 @@ from datetime import datetime
 from typing import Any, Protocol
 
 from genjobs.errors import DatabaseUnavailable, GenJobsError, PoisonMessage
+from genjobs.jobs import Job
 from genjobs.logs import log_context
 
 # Our messages carry only a job id; anything near this size was not published by us.
@@ -99,6 +100,16 @@ def answer_push(
         except Exception:
             log.exception("unexpected error; push nacked", extra=_ids(message))
             return PushAnswer(500, {"error": "internal", "detail": "unexpected error; will retry"})
+
+
+def job_answer(job: Job, outcome: str) -> PushAnswer:
+    """Acked: what became of the pushed job, and its status now."""
+    return PushAnswer(200, {"outcome": outcome, "job_id": str(job.id), "status": job.status.value})
+
+
+def unknown_job_answer(job_id: uuid.UUID) -> PushAnswer:
+    """Acked: no such job, so nothing to do and nothing a redelivery could change."""
+    return PushAnswer(200, {"outcome": "unknown_job", "job_id": str(job_id)})
 
 
 def error_answer(error: GenJobsError, status: int | None = None) -> PushAnswer:

@@ -1,4 +1,4 @@
-"""Every read and guarded status change of a job: one statement each, with its log row."""
+"""Every read and guarded status change of a job: one named statement each (genjobs/sql)."""
 
 from __future__ import annotations
 
@@ -7,23 +7,15 @@ import json
 import uuid
 from dataclasses import dataclass
 from datetime import UTC, datetime
+from enum import StrEnum
 from typing import Any
 
-from sqlalchemy import Connection, TextClause, text
+from sqlalchemy import Connection
 
 from genjobs.errors import InvalidRequest
-from genjobs.jobs import Job
-from genjobs.statuses import Event, Status
-
-# Inserted by each transition's CTE: the status change and its event are one atomic write.
-LOG_COLUMNS = (
-    "generation_id, user_id, event, ai_status, attempt, message_id, delivery_attempt, "
-    "model, prompt_tokens, completion_tokens, latency_ms, error_code, detail"
-)
-
-
-def _sql(statement: str) -> TextClause:
-    return text(statement)
+from genjobs.jobs import Job, Usage
+from genjobs.sql import query
+from genjobs.statuses import TRANSITIONS, Event, Status
 
 
 def _json(value: Any) -> str:
@@ -61,67 +53,48 @@ class Delivery:
     message_id: str | None = None
     delivery_attempt: int | None = None
 
+    def log_context(self) -> dict[str, Any]:
+        """The fields a log line about this delivery carries."""
+        return {"message_id": self.message_id, "delivery_attempt": self.delivery_attempt}
+
+
+class Refusal(StrEnum):
+    """Why a claim did not take the job (worked out by the claim statement itself)."""
+
+    NOT_FOUND = "not_found"
+    FINISHED = "finished"  # succeeded or failed
+    CANCELLED = "cancelled"
+    DEFERRED = "deferred"  # queued until a rate limit resets
+    LEASE_LIVE = "lease_live"  # another delivery's attempt is running
+    ATTEMPTS_SPENT = "attempts_spent"  # no attempt left and none running
+
 
 @dataclass(frozen=True)
 class ClaimResult:
-    """A claim: `claimed` is True when this delivery now owns the job under a lease."""
+    """A claim: the job under this delivery's lease, or why it was refused."""
 
-    claimed: bool
     job: Job | None
+    refused: Refusal | None = None
 
-
-# Its own statement: a statement's snapshot is taken when it starts, so counts read in the
-# statement that waited for the lock would miss what the lock holder just committed.
-_LOCK_USER = _sql("SELECT pg_advisory_xact_lock(hashtextextended(CAST(:user_id AS text), 7))")
-
-_USAGE = _sql(
-    """
-    SELECT
-      (SELECT count(*) FROM generations
-        WHERE user_id = :user_id AND created_at > now() - interval '1 minute') AS recent,
-      (SELECT count(*) FROM generations
-        WHERE user_id = :user_id AND ai_status IN ('queued', 'processing')) AS active,
-      (SELECT coalesce(sum(coalesce(prompt_tokens, 0) + coalesce(completion_tokens, 0)), 0)
-        FROM generations
-        WHERE user_id = :user_id AND created_at >= date_trunc('day', now())) AS tokens,
-      (SELECT row_to_json(g) FROM generations g
-        WHERE g.user_id = :user_id AND g.idempotency_key = :key) AS existing
-    """
-)
+    @property
+    def claimed(self) -> bool:
+        """True when this delivery now owns the job under a lease."""
+        return self.refused is None
 
 
 def user_usage(conn: Connection, user_id: uuid.UUID, idempotency_key: str | None) -> UserUsage:
     """Lock the user's submissions for this transaction and read their limits' counters."""
-    conn.execute(_LOCK_USER, {"user_id": user_id})
-    row = conn.execute(_USAGE, {"user_id": user_id, "key": idempotency_key}).one()
+    conn.execute(query("lock_user_submissions"), {"user_id": user_id})
+    row = conn.execute(query("user_usage"), {"user_id": user_id, "key": idempotency_key}).one()
     existing = _job_from_json(row.existing) if row.existing is not None else None
     return UserUsage(row.recent, row.active, int(row.tokens), existing)
-
-
-_INSERT = _sql(
-    f"""
-    WITH job AS (
-      INSERT INTO generations
-        (user_id, task, input, metadata, idempotency_key, request_hash, trace_id, max_attempts)
-      VALUES (:user_id, :task, CAST(:input AS jsonb), CAST(:metadata AS jsonb), :key, :hash,
-              :trace_id, :max_attempts)
-      ON CONFLICT (user_id, idempotency_key) DO NOTHING
-      RETURNING *
-    ), log AS (
-      INSERT INTO generation_logs ({LOG_COLUMNS})
-      SELECT id, user_id, 'queued', 'queued', 0, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL
-      FROM job
-    )
-    SELECT * FROM job
-    """
-)
 
 
 def insert_job(conn: Connection, new: NewJob) -> Job | None:
     """Insert a queued job and its `queued` event; None when the idempotency key already exists."""
     row = (
         conn.execute(
-            _INSERT,
+            query("insert_job"),
             {
                 "user_id": new.user_id,
                 "task": new.task,
@@ -139,46 +112,32 @@ def insert_job(conn: Connection, new: NewJob) -> Job | None:
     return Job.from_row(row) if row is not None else None
 
 
-def find_by_key(conn: Connection, user_id: uuid.UUID, key: str) -> Job | None:
-    """The user's job created with this idempotency key."""
-    row = (
-        conn.execute(
-            _sql("SELECT * FROM generations WHERE user_id = :user_id AND idempotency_key = :key"),
-            {"user_id": user_id, "key": key},
-        )
-        .mappings()
-        .first()
-    )
-    return Job.from_row(row) if row is not None else None
-
-
-_MARK_PUBLISHED = _sql(
-    f"""
-    WITH job AS (
-      UPDATE generations SET published_at = now(), updated_at = now()
-      WHERE id = :id AND ai_status IN ('queued', 'processing')
-      RETURNING id, user_id, ai_status, attempts
-    )
-    INSERT INTO generation_logs ({LOG_COLUMNS})
-    SELECT id, user_id, 'published', ai_status, attempts, :message_id, NULL,
-           NULL, NULL, NULL, NULL, NULL, NULL
-    FROM job
-    """
-)
-
-
 def mark_published(conn: Connection, job_id: uuid.UUID, message_id: str) -> None:
     """Record that a message for the job reached Pub/Sub (the sweeper republishes the rest)."""
-    conn.execute(_MARK_PUBLISHED, {"id": job_id, "message_id": message_id})
+    conn.execute(query("mark_published"), {"id": job_id, "message_id": message_id})
+
+
+def unmark_published(conn: Connection, job_id: uuid.UUID) -> None:
+    """Forget a queued job's publish, so the sweeper publishes it after its grace period."""
+    conn.execute(query("unmark_published"), {"id": job_id})
+
+
+def replayed_since(conn: Connection, job_id: uuid.UUID, moment: datetime) -> bool:
+    """True if the job was replayed at or after `moment` (a message older than that is stale)."""
+    return bool(conn.execute(query("replayed_since"), {"id": job_id, "since": moment}).scalar())
 
 
 def get_job(conn: Connection, job_id: uuid.UUID, user_id: uuid.UUID | None = None) -> Job | None:
     """The job by id; with `user_id`, only if it belongs to that user."""
-    if user_id is None:
-        statement = _sql("SELECT * FROM generations WHERE id = :id")
-    else:
-        statement = _sql("SELECT * FROM generations WHERE id = :id AND user_id = :user_id")
+    statement = query("get_job" if user_id is None else "get_user_job")
     row = conn.execute(statement, {"id": job_id, "user_id": user_id}).mappings().first()
+    return Job.from_row(row) if row is not None else None
+
+
+def find_by_key(conn: Connection, user_id: uuid.UUID, key: str) -> Job | None:
+    """The user's job created with this idempotency key."""
+    params = {"user_id": user_id, "key": key}
+    row = conn.execute(query("find_job_by_key"), params).mappings().first()
     return Job.from_row(row) if row is not None else None
 
 
@@ -192,23 +151,16 @@ def list_jobs(
     cursor: str | None = None,
 ) -> tuple[list[Job], str | None]:
     """The user's jobs, newest first, by keyset pagination; returns the next cursor."""
-    clauses = ["user_id = :user_id"]
-    params: dict[str, Any] = {"user_id": user_id, "limit": limit + 1}
-    if status is not None:
-        clauses.append("ai_status = :status")
-        params["status"] = status.value
-    if task is not None:
-        clauses.append("task = :task")
-        params["task"] = task
-    if cursor is not None:
-        created_at, last_id = decode_cursor(cursor)
-        clauses.append("(created_at, id) < (:cursor_created_at, :cursor_id)")
-        params.update(cursor_created_at=created_at, cursor_id=last_id)
-    statement = _sql(
-        f"SELECT * FROM generations WHERE {' AND '.join(clauses)} "
-        "ORDER BY created_at DESC, id DESC LIMIT :limit"
-    )
-    rows = conn.execute(statement, params).mappings().all()
+    created_at, last_id = decode_cursor(cursor) if cursor is not None else (None, None)
+    params = {
+        "user_id": user_id,
+        "status": status.value if status is not None else None,
+        "task": task,
+        "cursor_created_at": created_at,
+        "cursor_id": last_id,
+        "limit": limit + 1,
+    }
+    rows = conn.execute(query("list_user_jobs"), params).mappings().all()
     jobs = [Job.from_row(row) for row in rows[:limit]]
     next_cursor = encode_cursor(jobs[-1]) if len(rows) > limit else None
     return jobs, next_cursor
@@ -236,55 +188,10 @@ def decode_cursor(cursor: str) -> tuple[datetime, uuid.UUID]:
         ) from error
 
 
-_CANCEL = _sql(
-    f"""
-    WITH job AS (
-      UPDATE generations
-      SET ai_status = 'cancelled', cancel_requested_at = now(), finished_at = now(),
-          lease_expires_at = NULL, updated_at = now(),
-          error = jsonb_build_object('code', 'cancelled', 'message', 'cancelled by the user')
-      WHERE id = :id AND user_id = :user_id AND ai_status IN ('queued', 'processing')
-      RETURNING *
-    ), log AS (
-      INSERT INTO generation_logs ({LOG_COLUMNS})
-      SELECT id, user_id, 'cancelled', 'cancelled', attempts, NULL, NULL,
-             NULL, NULL, NULL, NULL, NULL, NULL
-      FROM job
-    )
-    SELECT * FROM job
-    """
-)
-
-
 def cancel_job(conn: Connection, job_id: uuid.UUID, user_id: uuid.UUID) -> Job | None:
     """Cancel an unfinished job of the user's; None if it has ended or is not theirs."""
-    row = conn.execute(_CANCEL, {"id": job_id, "user_id": user_id}).mappings().first()
+    row = conn.execute(query("cancel_job"), {"id": job_id, "user_id": user_id}).mappings().first()
     return Job.from_row(row) if row is not None else None
-
-
-_CLAIM = _sql(
-    f"""
-    WITH claimed AS (
-      UPDATE generations
-      SET ai_status = 'processing', attempts = attempts + 1,
-          lease_expires_at = now() + make_interval(secs => :lease_seconds),
-          started_at = coalesce(started_at, now()), updated_at = now()
-      WHERE id = :id AND attempts < max_attempts
-        AND (not_before IS NULL OR not_before <= now())
-        AND (ai_status = 'queued' OR (ai_status = 'processing' AND lease_expires_at < now()))
-      RETURNING *
-    ), log AS (
-      INSERT INTO generation_logs ({LOG_COLUMNS})
-      SELECT id, user_id, 'started', 'processing', attempts, :message_id, :delivery_attempt,
-             NULL, NULL, NULL, NULL, NULL, NULL
-      FROM claimed
-    )
-    SELECT true AS claimed, * FROM claimed
-    UNION ALL
-    SELECT false AS claimed, * FROM generations
-    WHERE id = :id AND NOT EXISTS (SELECT 1 FROM claimed)
-    """
-)
 
 
 def claim_job(
@@ -293,7 +200,7 @@ def claim_job(
     """Take the job under a lease and a new fencing attempt number, if it is free to run."""
     row = (
         conn.execute(
-            _CLAIM,
+            query("claim_job"),
             {
                 "id": job_id,
                 "lease_seconds": lease_seconds,
@@ -305,64 +212,70 @@ def claim_job(
         .first()
     )
     if row is None:
-        return ClaimResult(claimed=False, job=None)
-    return ClaimResult(claimed=bool(row["claimed"]), job=Job.from_row(row))
+        return ClaimResult(None, Refusal.NOT_FOUND)
+    refused = row["refused"]
+    return ClaimResult(Job.from_row(row), Refusal(refused) if refused is not None else None)
 
 
 @dataclass(frozen=True)
 class Outcome:
     """How an attempt ended, as written to the job and its log row."""
 
-    status: Status
+    # Built only by `succeeded`, `failed` and `retry`; the status comes from the event's
+    # transition (statuses.TRANSITIONS), so the two cannot disagree.
+
     event: Event
     result: Any = None
     error_code: str | None = None
     error_message: str | None = None
-    model: str | None = None
-    prompt_tokens: int | None = None
-    completion_tokens: int | None = None
+    usage: Usage | None = None
     latency_ms: int | None = None
     # A rate-limited attempt waits this long, and does not count against the job's budget.
     defer_seconds: float | None = None
 
+    @property
+    def status(self) -> Status:
+        """The status the event leads to (statuses.TRANSITIONS)."""
+        return TRANSITIONS[self.event].target
 
-_FINISH_ATTEMPT = _sql(
-    f"""
-    WITH job AS (
-      UPDATE generations
-      SET ai_status = :status,
-          result = CASE WHEN :status = 'succeeded' THEN CAST(:result AS jsonb) ELSE result END,
-          error = CASE WHEN CAST(:error_code AS text) IS NULL THEN NULL
-                  ELSE jsonb_build_object('code', CAST(:error_code AS text),
-                                          'message', CAST(:error_message AS text)) END,
-          model = coalesce(CAST(:model AS text), model),
-          prompt_tokens = coalesce(prompt_tokens, 0) + coalesce(CAST(:prompt_tokens AS int), 0),
-          completion_tokens = coalesce(completion_tokens, 0)
-                              + coalesce(CAST(:completion_tokens AS int), 0),
-          lease_expires_at = NULL,
-          not_before = CASE WHEN CAST(:defer AS float8) IS NULL THEN NULL
-                       ELSE now() + make_interval(secs => CAST(:defer AS float8)) END,
-          max_attempts = max_attempts + CASE WHEN CAST(:defer AS float8) IS NULL THEN 0 ELSE 1 END,
-          finished_at = CASE WHEN :status = 'queued' THEN NULL ELSE now() END,
-          updated_at = now()
-      WHERE id = :id AND ai_status = 'processing' AND attempts = :attempt
-      RETURNING *
-    ), log AS (
-      INSERT INTO generation_logs ({LOG_COLUMNS})
-      SELECT id, user_id, :event, :status, attempts, :message_id, :delivery_attempt,
-             :model, :prompt_tokens, :completion_tokens, :latency_ms, :error_code, :error_message
-      FROM job
-    )
-    SELECT * FROM job
-    """
-)
+    @classmethod
+    def succeeded(cls, result: Any, usage: Usage, latency_ms: int) -> Outcome:
+        """The model answered within the task's contract."""
+        return cls(Event.SUCCEEDED, result=result, usage=usage, latency_ms=latency_ms)
+
+    @classmethod
+    def failed(
+        cls, code: str, detail: str, usage: Usage | None = None, latency_ms: int | None = None
+    ) -> Outcome:
+        """The job cannot succeed; `usage` is what the model billed for a rejected answer."""
+        return cls(
+            Event.FAILED, error_code=code, error_message=detail, usage=usage, latency_ms=latency_ms
+        )
+
+    @classmethod
+    def retry(
+        cls,
+        code: str,
+        detail: str,
+        latency_ms: int | None = None,
+        defer_seconds: float | None = None,
+    ) -> Outcome:
+        """Back to queued for another attempt (no earlier than `defer_seconds` from now)."""
+        return cls(
+            Event.RETRY,
+            error_code=code,
+            error_message=detail,
+            latency_ms=latency_ms,
+            defer_seconds=defer_seconds,
+        )
 
 
 def finish_attempt(conn: Connection, job: Job, outcome: Outcome, delivery: Delivery) -> Job | None:
     """Write an attempt's outcome if this attempt still owns the job (fencing); else None."""
+    usage = outcome.usage
     row = (
         conn.execute(
-            _FINISH_ATTEMPT,
+            query("finish_attempt"),
             {
                 "id": job.id,
                 "attempt": job.attempts,
@@ -371,9 +284,9 @@ def finish_attempt(conn: Connection, job: Job, outcome: Outcome, delivery: Deliv
                 "result": _json(outcome.result),
                 "error_code": outcome.error_code,
                 "error_message": outcome.error_message,
-                "model": outcome.model,
-                "prompt_tokens": outcome.prompt_tokens,
-                "completion_tokens": outcome.completion_tokens,
+                "model": usage.model if usage else None,
+                "prompt_tokens": usage.prompt_tokens if usage else None,
+                "completion_tokens": usage.completion_tokens if usage else None,
                 "latency_ms": outcome.latency_ms,
                 "defer": outcome.defer_seconds,
                 "message_id": delivery.message_id,
@@ -384,27 +297,6 @@ def finish_attempt(conn: Connection, job: Job, outcome: Outcome, delivery: Deliv
         .first()
     )
     return Job.from_row(row) if row is not None else None
-
-
-_FAIL_UNFINISHED = _sql(
-    f"""
-    WITH job AS (
-      UPDATE generations
-      SET ai_status = 'failed', lease_expires_at = NULL, finished_at = now(), updated_at = now(),
-          error = jsonb_build_object('code', CAST(:error_code AS text),
-                                     'message', CAST(:error_message AS text))
-      WHERE id = :id AND ai_status IN ('queued', 'processing')
-        AND (lease_expires_at IS NULL OR lease_expires_at < now())
-      RETURNING *
-    ), log AS (
-      INSERT INTO generation_logs ({LOG_COLUMNS})
-      SELECT id, user_id, :event, 'failed', attempts, :message_id, :delivery_attempt,
-             NULL, NULL, NULL, NULL, :error_code, :error_message
-      FROM job
-    )
-    SELECT * FROM job
-    """
-)
 
 
 def fail_unfinished(
@@ -419,7 +311,7 @@ def fail_unfinished(
     """Fail an unfinished job no attempt is running (dead letter, spent attempts); else None."""
     row = (
         conn.execute(
-            _FAIL_UNFINISHED,
+            query("fail_unfinished"),
             {
                 "id": job_id,
                 "event": event.value,

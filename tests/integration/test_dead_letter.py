@@ -15,13 +15,14 @@ from genjobs import store
 from genjobs.db import Database
 from genjobs.dead_letter import DeadLetterHandler
 from genjobs.errors import Forbidden
-from genjobs.jobs import Job
-from genjobs.statuses import Event, Status
+from genjobs.jobs import Job, Usage
+from genjobs.statuses import Status
+from tests.factories import JobFactory
 from tests.integration.jobs import events, reload
 
 FIXTURES = Path(__file__).resolve().parents[1] / "fixtures"
 TOKEN = "Bearer good-push-token"
-USER = uuid.UUID("00000000-0000-4000-8000-0000000000d1")
+USAGE = Usage("m", 1, 1)
 
 
 class FakeVerifier:
@@ -36,23 +37,6 @@ class FakeVerifier:
 @pytest.fixture
 def handler(clean_db: Database) -> DeadLetterHandler:
     return DeadLetterHandler(db=clean_db, verifier=FakeVerifier())
-
-
-def insert(db: Database) -> Job:
-    new = store.NewJob(
-        user_id=USER,
-        task="summarize",
-        input={"text": "hello"},
-        metadata={},
-        idempotency_key=None,
-        request_hash="h",
-        trace_id=None,
-        max_attempts=5,
-    )
-    with db.transaction() as conn:
-        job = store.insert_job(conn, new)
-    assert job is not None
-    return job
 
 
 def dead_letter(job_id: uuid.UUID, delivery_count: str | None = "5") -> bytes:
@@ -70,16 +54,16 @@ def retried_once(db: Database, job: Job) -> None:
     with db.transaction() as conn:
         claim = store.claim_job(conn, job.id, 60, store.Delivery("m-1", 1))
         assert claim.job is not None
-        outcome = store.Outcome(
-            Status.QUEUED, Event.RETRY, error_code="rate_limited", error_message="slow down"
-        )
+        outcome = store.Outcome.retry("rate_limited", "slow down")
         assert store.finish_attempt(conn, claim.job, outcome, store.Delivery("m-1", 1))
 
 
 def test_dead_letter_fails_the_job_with_its_last_error(
-    handler: DeadLetterHandler, clean_db: Database
+    handler: DeadLetterHandler,
+    clean_db: Database,
+    job_factory: JobFactory,
 ) -> None:
-    job = insert(clean_db)
+    job = job_factory()
     retried_once(clean_db, job)
     answer = handler.handle(TOKEN, dead_letter(job.id))
     assert answer.status == 200 and answer.body["outcome"] == "dead_lettered"
@@ -92,9 +76,11 @@ def test_dead_letter_fails_the_job_with_its_last_error(
 
 
 def test_without_the_pubsub_count_the_job_attempts_are_reported(
-    handler: DeadLetterHandler, clean_db: Database
+    handler: DeadLetterHandler,
+    clean_db: Database,
+    job_factory: JobFactory,
 ) -> None:
-    job = insert(clean_db)
+    job = job_factory()
     assert handler.handle(TOKEN, dead_letter(job.id, delivery_count=None)).status == 200
     error = reload(clean_db, job.id).error
     assert error is not None
@@ -102,41 +88,47 @@ def test_without_the_pubsub_count_the_job_attempts_are_reported(
 
 
 def test_a_job_running_under_a_live_lease_is_left_to_its_attempt(
-    handler: DeadLetterHandler, clean_db: Database
+    handler: DeadLetterHandler,
+    clean_db: Database,
+    job_factory: JobFactory,
 ) -> None:
-    job = insert(clean_db)
+    job = job_factory()
     with clean_db.transaction() as conn:
         claim = store.claim_job(conn, job.id, 60, store.Delivery("m-1", 5))
     assert claim.job is not None
     answer = handler.handle(TOKEN, dead_letter(job.id))
     assert answer.status == 200 and answer.body["outcome"] == "not_failed"
-    done = store.Outcome(Status.SUCCEEDED, Event.SUCCEEDED, result={"text": "in time"})
+    done = store.Outcome.succeeded({"text": "in time"}, USAGE, latency_ms=1)
     with clean_db.transaction() as conn:
         assert store.finish_attempt(conn, claim.job, done, store.Delivery("m-1", 5)) is not None
     assert reload(clean_db, job.id).status is Status.SUCCEEDED
 
 
 def test_a_job_whose_lease_expired_is_failed_and_its_late_write_refused(
-    handler: DeadLetterHandler, clean_db: Database
+    handler: DeadLetterHandler,
+    clean_db: Database,
+    job_factory: JobFactory,
 ) -> None:
-    job = insert(clean_db)
+    job = job_factory()
     with clean_db.transaction() as conn:
         claim = store.claim_job(conn, job.id, 60, store.Delivery("m-1", 5))
         conn.execute(text("UPDATE generations SET lease_expires_at = now() - interval '1 second'"))
     assert claim.job is not None
     assert handler.handle(TOKEN, dead_letter(job.id)).body["outcome"] == "dead_lettered"
-    late = store.Outcome(Status.SUCCEEDED, Event.SUCCEEDED, result={"text": "too late"})
+    late = store.Outcome.succeeded({"text": "too late"}, USAGE, latency_ms=1)
     with clean_db.transaction() as conn:
         assert store.finish_attempt(conn, claim.job, late, store.Delivery("m-1", 5)) is None
     assert reload(clean_db, job.id).status is Status.FAILED
 
 
-def test_a_finished_job_is_left_untouched(handler: DeadLetterHandler, clean_db: Database) -> None:
-    job = insert(clean_db)
+def test_a_finished_job_is_left_untouched(
+    handler: DeadLetterHandler, clean_db: Database, job_factory: JobFactory
+) -> None:
+    job = job_factory()
     with clean_db.transaction() as conn:
         claim = store.claim_job(conn, job.id, 60, store.Delivery("m-1", 1))
         assert claim.job is not None
-        done = store.Outcome(Status.SUCCEEDED, Event.SUCCEEDED, result={"text": "ok"})
+        done = store.Outcome.succeeded({"text": "ok"}, USAGE, latency_ms=1)
         store.finish_attempt(conn, claim.job, done, store.Delivery("m-1", 1))
     before = reload(clean_db, job.id)
     answer = handler.handle(TOKEN, dead_letter(job.id))
@@ -145,8 +137,10 @@ def test_a_finished_job_is_left_untouched(handler: DeadLetterHandler, clean_db: 
     assert events(clean_db, job.id) == ["queued", "started", "succeeded"]
 
 
-def test_duplicate_dead_letters_write_once(handler: DeadLetterHandler, clean_db: Database) -> None:
-    job = insert(clean_db)
+def test_duplicate_dead_letters_write_once(
+    handler: DeadLetterHandler, clean_db: Database, job_factory: JobFactory
+) -> None:
+    job = job_factory()
     assert handler.handle(TOKEN, dead_letter(job.id)).body["outcome"] == "dead_lettered"
     assert handler.handle(TOKEN, dead_letter(job.id)).body["outcome"] == "already_finished"
     assert events(clean_db, job.id) == ["queued", "dead_lettered"]
@@ -168,8 +162,10 @@ def test_poison_and_unknown_jobs_are_acked_and_write_nothing(
         assert conn.execute(text("SELECT count(*) FROM generation_logs")).scalar_one() == 0
 
 
-def test_forbidden_caller_is_refused(handler: DeadLetterHandler, clean_db: Database) -> None:
-    job = insert(clean_db)
+def test_forbidden_caller_is_refused(
+    handler: DeadLetterHandler, clean_db: Database, job_factory: JobFactory
+) -> None:
+    job = job_factory()
     assert handler.handle("Bearer someone-else", dead_letter(job.id)).status == 403
     assert reload(clean_db, job.id).status is Status.QUEUED
 

@@ -6,28 +6,17 @@ import uuid
 
 from genjobs import store
 from genjobs.db import Database
-from genjobs.statuses import Event, Status
+from genjobs.jobs import Usage
+from genjobs.statuses import Status
+from tests.factories import TEST_USER, new_job
 from tests.integration.jobs import events
 
-USER = uuid.UUID("00000000-0000-4000-8000-00000000000a")
-
-
-def new_job(key: str | None = None, user: uuid.UUID = USER) -> store.NewJob:
-    return store.NewJob(
-        user_id=user,
-        task="summarize",
-        input={"text": "hello"},
-        metadata={},
-        idempotency_key=key,
-        request_hash="h",
-        trace_id=None,
-        max_attempts=3,
-    )
+USER = TEST_USER
 
 
 def test_insert_claim_succeed_writes_one_log_row_per_event(clean_db: Database) -> None:
     with clean_db.transaction() as conn:
-        job = store.insert_job(conn, new_job())
+        job = store.insert_job(conn, new_job(max_attempts=3))
     assert job is not None and job.status is Status.QUEUED
     with clean_db.transaction() as conn:
         store.mark_published(conn, job.id, "m-1")
@@ -38,16 +27,9 @@ def test_insert_claim_succeed_writes_one_log_row_per_event(clean_db: Database) -
     assert claim.claimed and claim.job is not None and claim.job.attempts == 1
     with clean_db.transaction() as conn:
         again = store.claim_job(conn, job.id, 60, delivery)
-    assert not again.claimed and again.job is not None and again.job.status is Status.PROCESSING
-    outcome = store.Outcome(
-        Status.SUCCEEDED,
-        Event.SUCCEEDED,
-        result={"text": "ok"},
-        model="m",
-        prompt_tokens=3,
-        completion_tokens=4,
-        latency_ms=5,
-    )
+    assert again.refused is store.Refusal.LEASE_LIVE
+    assert again.job is not None and again.job.status is Status.PROCESSING
+    outcome = store.Outcome.succeeded({"text": "ok"}, Usage("m", 3, 4), latency_ms=5)
     with clean_db.transaction() as conn:
         done = store.finish_attempt(conn, claim.job, outcome, delivery)
     assert done is not None and done.status is Status.SUCCEEDED and done.result == {"text": "ok"}
@@ -59,8 +41,8 @@ def test_insert_claim_succeed_writes_one_log_row_per_event(clean_db: Database) -
 
 def test_idempotency_key_conflict_returns_none_and_usage_sees_existing(clean_db: Database) -> None:
     with clean_db.transaction() as conn:
-        first = store.insert_job(conn, new_job("k1"))
-        second = store.insert_job(conn, new_job("k1"))
+        first = store.insert_job(conn, new_job(idempotency_key="k1", max_attempts=3))
+        second = store.insert_job(conn, new_job(idempotency_key="k1", max_attempts=3))
         usage = store.user_usage(conn, USER, "k1")
     assert first is not None and second is None
     assert usage.existing is not None and usage.existing.id == first.id
@@ -69,7 +51,7 @@ def test_idempotency_key_conflict_returns_none_and_usage_sees_existing(clean_db:
 
 def test_cancel_only_unfinished_and_fencing_refuses_the_worker(clean_db: Database) -> None:
     with clean_db.transaction() as conn:
-        job = store.insert_job(conn, new_job())
+        job = store.insert_job(conn, new_job(max_attempts=3))
     assert job is not None
     with clean_db.transaction() as conn:
         claim = store.claim_job(conn, job.id, 60, store.Delivery())
@@ -77,14 +59,17 @@ def test_cancel_only_unfinished_and_fencing_refuses_the_worker(clean_db: Databas
         assert cancelled is not None and cancelled.status is Status.CANCELLED
         assert store.cancel_job(conn, job.id, USER) is None
     assert claim.job is not None
-    outcome = store.Outcome(Status.SUCCEEDED, Event.SUCCEEDED, result="x")
+    outcome = store.Outcome.succeeded("x", Usage("m", 1, 1), latency_ms=1)
     with clean_db.transaction() as conn:
         assert store.finish_attempt(conn, claim.job, outcome, store.Delivery()) is None
 
 
 def test_list_is_keyset_paginated_newest_first(clean_db: Database) -> None:
     with clean_db.transaction() as conn:
-        ids = [store.insert_job(conn, new_job(f"k{i}")) for i in range(5)]
+        ids = [
+            store.insert_job(conn, new_job(idempotency_key=f"k{i}", max_attempts=3))
+            for i in range(5)
+        ]
     seen: list[uuid.UUID] = []
     cursor = None
     while True:

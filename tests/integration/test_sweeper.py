@@ -12,13 +12,12 @@ from sqlalchemy import text
 from genjobs import store
 from genjobs.db import Database
 from genjobs.errors import Unauthenticated
-from genjobs.jobs import Job
 from genjobs.settings import Settings
 from genjobs.statuses import Status
 from genjobs.sweeper import SweepCounts, Sweeper
+from tests.factories import JobFactory
 from tests.integration.jobs import reload
 
-USER = uuid.UUID("00000000-0000-4000-8000-0000000000c1")
 TOKEN = "Bearer scheduler-token"
 
 
@@ -49,15 +48,6 @@ def make_sweeper(settings: Settings, db: Database, publisher: RecordingPublisher
     return Sweeper(settings=settings, db=db, publisher=publisher, verifier=SchedulerVerifier())
 
 
-def insert(db: Database, max_attempts: int = 5) -> Job:
-    with db.transaction() as conn:
-        job = store.insert_job(
-            conn, store.NewJob(USER, "summarize", {"text": "x"}, {}, None, "h", None, max_attempts)
-        )
-    assert job is not None
-    return job
-
-
 def age(db: Database, job_id: uuid.UUID, column: str, seconds: int) -> None:
     """Move a timestamp into the past, as if that much time had gone by."""
     with db.transaction() as conn:
@@ -71,11 +61,13 @@ def age(db: Database, job_id: uuid.UUID, column: str, seconds: int) -> None:
 
 
 def test_never_published_job_is_published_after_the_grace_period(
-    settings: Settings, clean_db: Database
+    settings: Settings,
+    clean_db: Database,
+    job_factory: JobFactory,
 ) -> None:
     publisher = RecordingPublisher()
     sweeper = make_sweeper(settings, clean_db, publisher)
-    fresh, old = insert(clean_db), insert(clean_db)
+    fresh, old = job_factory(), job_factory()
     age(clean_db, old.id, "updated_at", settings.sweep_publish_grace_seconds + 1)
     assert sweeper.sweep() == SweepCounts(published=1)
     assert publisher.published == [old.id] and reload(clean_db, old.id).published_at is not None
@@ -84,10 +76,12 @@ def test_never_published_job_is_published_after_the_grace_period(
 
 
 def test_published_but_never_started_is_published_again(
-    settings: Settings, clean_db: Database
+    settings: Settings,
+    clean_db: Database,
+    job_factory: JobFactory,
 ) -> None:
     publisher = RecordingPublisher()
-    job = insert(clean_db)
+    job = job_factory()
     with clean_db.transaction() as conn:
         store.mark_published(conn, job.id, "m-0")
     age(clean_db, job.id, "updated_at", settings.republish_after_seconds + 1)
@@ -96,10 +90,12 @@ def test_published_but_never_started_is_published_again(
 
 
 def test_expired_lease_is_requeued_and_published_or_failed_when_spent(
-    settings: Settings, clean_db: Database
+    settings: Settings,
+    clean_db: Database,
+    job_factory: JobFactory,
 ) -> None:
     publisher = RecordingPublisher()
-    retry, spent = insert(clean_db), insert(clean_db, max_attempts=1)
+    retry, spent = job_factory(), job_factory(max_attempts=1)
     for job in (retry, spent):
         with clean_db.transaction() as conn:
             assert store.claim_job(conn, job.id, 60, store.Delivery()).claimed
@@ -115,8 +111,10 @@ def test_expired_lease_is_requeued_and_published_or_failed_when_spent(
     }
 
 
-def test_jobs_past_the_maximum_age_fail(settings: Settings, clean_db: Database) -> None:
-    job = insert(clean_db)
+def test_jobs_past_the_maximum_age_fail(
+    settings: Settings, clean_db: Database, job_factory: JobFactory
+) -> None:
+    job = job_factory()
     age(clean_db, job.id, "created_at", settings.max_job_age_seconds + 1)
     assert make_sweeper(settings, clean_db, RecordingPublisher()).sweep().expired == 1
     expired = reload(clean_db, job.id)
@@ -124,9 +122,11 @@ def test_jobs_past_the_maximum_age_fail(settings: Settings, clean_db: Database) 
     assert expired.error["code"] == "expired"
 
 
-def test_deferred_job_is_published_once_due(settings: Settings, clean_db: Database) -> None:
+def test_deferred_job_is_published_once_due(
+    settings: Settings, clean_db: Database, job_factory: JobFactory
+) -> None:
     publisher = RecordingPublisher()
-    job = insert(clean_db)
+    job = job_factory()
     with clean_db.transaction() as conn:
         conn.execute(
             text("UPDATE generations SET not_before = now() + interval '1 hour' WHERE id = :id"),
@@ -141,9 +141,11 @@ def test_deferred_job_is_published_once_due(settings: Settings, clean_db: Databa
 
 
 def test_failed_publish_leaves_the_job_for_the_next_sweep(
-    settings: Settings, clean_db: Database
+    settings: Settings,
+    clean_db: Database,
+    job_factory: JobFactory,
 ) -> None:
-    job = insert(clean_db)
+    job = job_factory()
     age(clean_db, job.id, "updated_at", settings.sweep_publish_grace_seconds + 1)
     counts = make_sweeper(settings, clean_db, RecordingPublisher(fail=True)).sweep()
     assert counts.publish_failed == 1 and reload(clean_db, job.id).published_at is None
@@ -152,9 +154,11 @@ def test_failed_publish_leaves_the_job_for_the_next_sweep(
     assert make_sweeper(settings, clean_db, publisher).sweep().published == 1
 
 
-def test_concurrent_sweepers_publish_each_job_once(settings: Settings, clean_db: Database) -> None:
+def test_concurrent_sweepers_publish_each_job_once(
+    settings: Settings, clean_db: Database, job_factory: JobFactory
+) -> None:
     publisher = RecordingPublisher()
-    jobs = [insert(clean_db) for _ in range(40)]
+    jobs = [job_factory() for _ in range(40)]
     for job in jobs:
         age(clean_db, job.id, "updated_at", settings.sweep_publish_grace_seconds + 1)
     sweepers = [make_sweeper(settings, clean_db, publisher) for _ in range(4)]
@@ -166,9 +170,12 @@ def test_concurrent_sweepers_publish_each_job_once(settings: Settings, clean_db:
 
 @pytest.mark.parametrize("authorization", [None, "Bearer forged"])
 def test_only_the_scheduler_may_sweep(
-    settings: Settings, clean_db: Database, authorization: str | None
+    settings: Settings,
+    clean_db: Database,
+    authorization: str | None,
+    job_factory: JobFactory,
 ) -> None:
-    job = insert(clean_db)
+    job = job_factory()
     age(clean_db, job.id, "updated_at", settings.sweep_publish_grace_seconds + 1)
     publisher = RecordingPublisher()
     answer = make_sweeper(settings, clean_db, publisher).handle(authorization)

@@ -19,19 +19,18 @@ from devstack.stub_model import StubModelServer
 from genjobs import store
 from genjobs.db import Database
 from genjobs.errors import ModelUnavailable, Unauthenticated
-from genjobs.jobs import Job
-from genjobs.model_client import Generation, ModelClient, SupportsGenerate
+from genjobs.model_client import ModelAnswer, ModelClient, SupportsGenerate
 from genjobs.push import PushAnswer
 from genjobs.settings import Settings
 from genjobs.statuses import Status
 from genjobs.tasks import TASKS, Task
 from genjobs.tasks.base import Message
 from genjobs.worker import Worker
+from tests.factories import JobFactory
 from tests.integration.jobs import events, reload
 
 FIXTURES = Path(__file__).resolve().parents[1] / "fixtures"
 TOKEN = "Bearer good-push-token"
-USER = uuid.UUID("00000000-0000-4000-8000-0000000000b1")
 
 
 class FakeVerifier:
@@ -50,7 +49,7 @@ class Around:
         self.inner = inner
         self.during = during
 
-    def generate(self, task: Task, messages: Sequence[Message], *, timeout: float) -> Generation:
+    def generate(self, task: Task, messages: Sequence[Message], *, timeout: float) -> ModelAnswer:
         generation = self.inner.generate(task, messages, timeout=timeout)
         self.during()
         return generation
@@ -82,30 +81,6 @@ def unique(text: str) -> str:
     return f"{text} [{uuid.uuid4().hex[:8]}]"
 
 
-def insert(
-    db: Database,
-    text_: str = "hello",
-    *,
-    task: str = "summarize",
-    max_attempts: int = 5,
-    raw_input: dict[str, Any] | None = None,
-) -> Job:
-    new = store.NewJob(
-        user_id=USER,
-        task=task,
-        input=raw_input or {"text": text_},
-        metadata={},
-        idempotency_key=None,
-        request_hash="h",
-        trace_id=None,
-        max_attempts=max_attempts,
-    )
-    with db.transaction() as conn:
-        job = store.insert_job(conn, new)
-    assert job is not None
-    return job
-
-
 def envelope(job_id: uuid.UUID, message_id: str = "m-1", attempt: int = 1) -> bytes:
     data: dict[str, Any] = json.loads((FIXTURES / "push_envelope_job.json").read_text())
     data["message"]["data"] = base64.b64encode(str(job_id).encode()).decode()
@@ -119,8 +94,10 @@ def log_count(db: Database) -> int:
         return int(conn.execute(text("SELECT count(*) FROM generation_logs")).scalar_one())
 
 
-def test_success_writes_result_usage_and_log_rows(worker: Worker, clean_db: Database) -> None:
-    job = insert(clean_db, unique("the quick brown fox"))
+def test_success_writes_result_usage_and_log_rows(
+    worker: Worker, clean_db: Database, job_factory: JobFactory
+) -> None:
+    job = job_factory(unique("the quick brown fox"))
     answer = worker.handle(TOKEN, envelope(job.id, "m-ok", 1))
     assert answer.status == 200 and answer.body["outcome"] == "succeeded"
     done = reload(clean_db, job.id)
@@ -140,17 +117,22 @@ def test_success_writes_result_usage_and_log_rows(worker: Worker, clean_db: Data
     assert row.latency_ms >= 0 and row.completion_tokens > 0
 
 
-def test_structured_task_stores_the_parsed_object(worker: Worker, clean_db: Database) -> None:
-    job = insert(clean_db, unique("Ada Lovelace met Charles Babbage"), task="extract_entities")
+def test_structured_task_stores_the_parsed_object(
+    worker: Worker, clean_db: Database, job_factory: JobFactory
+) -> None:
+    job = job_factory(unique("Ada Lovelace met Charles Babbage"), task="extract_entities")
     assert worker.handle(TOKEN, envelope(job.id)).status == 200
     assert isinstance(reload(clean_db, job.id).result["entities"], list)
 
 
 def test_rate_limit_requeues_then_next_delivery_succeeds(
-    worker: Worker, clean_db: Database, stub: StubModelServer
+    worker: Worker,
+    clean_db: Database,
+    stub: StubModelServer,
+    job_factory: JobFactory,
 ) -> None:
     prompt = unique("busy stub:fail=429x1")
-    job = insert(clean_db, prompt)
+    job = job_factory(prompt)
     first = worker.handle(TOKEN, envelope(job.id, "m-1", 1))
     assert first.status == 503 and first.headers["Retry-After"] == "1"
     requeued = reload(clean_db, job.id)
@@ -165,10 +147,13 @@ def test_rate_limit_requeues_then_next_delivery_succeeds(
 
 
 def test_refusal_fails_the_job_after_exactly_one_call(
-    worker: Worker, clean_db: Database, stub: StubModelServer
+    worker: Worker,
+    clean_db: Database,
+    stub: StubModelServer,
+    job_factory: JobFactory,
 ) -> None:
     prompt = unique("something bad stub:refuse")
-    job = insert(clean_db, prompt)
+    job = job_factory(prompt)
     assert worker.handle(TOKEN, envelope(job.id)).status == 200
     again = worker.handle(TOKEN, envelope(job.id, attempt=2))
     assert again.status == 200 and again.body["outcome"] == "already_finished"
@@ -180,10 +165,13 @@ def test_refusal_fails_the_job_after_exactly_one_call(
 
 
 def test_concurrent_duplicate_deliveries_call_the_model_once(
-    worker: Worker, clean_db: Database, stub: StubModelServer
+    worker: Worker,
+    clean_db: Database,
+    stub: StubModelServer,
+    job_factory: JobFactory,
 ) -> None:
     prompt = unique("slow enough to overlap stub:sleep=0.5")
-    job = insert(clean_db, prompt)
+    job = job_factory(prompt)
     body = envelope(job.id, "m-dup")
     start = threading.Barrier(10)
     answers: list[PushAnswer] = []
@@ -208,25 +196,31 @@ def test_concurrent_duplicate_deliveries_call_the_model_once(
 
 
 def test_cancelled_job_is_never_sent_to_the_model(
-    worker: Worker, clean_db: Database, stub: StubModelServer
+    worker: Worker,
+    clean_db: Database,
+    stub: StubModelServer,
+    job_factory: JobFactory,
 ) -> None:
     prompt = unique("cancel me first")
-    job = insert(clean_db, prompt)
+    job = job_factory(prompt)
     with clean_db.transaction() as conn:
-        assert store.cancel_job(conn, job.id, USER) is not None
+        assert store.cancel_job(conn, job.id, job.user_id) is not None
     answer = worker.handle(TOKEN, envelope(job.id))
     assert answer.status == 200 and answer.body["outcome"] == "already_finished"
     assert stub.calls(prompt) == []
 
 
 def test_cancel_during_the_call_refuses_the_late_write(
-    settings: Settings, clean_db: Database, model: ModelClient
+    settings: Settings,
+    clean_db: Database,
+    model: ModelClient,
+    job_factory: JobFactory,
 ) -> None:
-    job = insert(clean_db, unique("cancelled while running"))
+    job = job_factory(unique("cancelled while running"))
 
     def cancel() -> None:
         with clean_db.transaction() as conn:
-            store.cancel_job(conn, job.id, USER)
+            store.cancel_job(conn, job.id, job.user_id)
 
     answer = make_worker(settings, clean_db, Around(model, cancel)).handle(TOKEN, envelope(job.id))
     assert answer.status == 200 and answer.body["outcome"] == "fenced"
@@ -236,10 +230,14 @@ def test_cancel_during_the_call_refuses_the_late_write(
 
 
 def test_lease_expiry_takeover_fences_the_first_worker(
-    settings: Settings, clean_db: Database, model: ModelClient, stub: StubModelServer
+    settings: Settings,
+    clean_db: Database,
+    model: ModelClient,
+    stub: StubModelServer,
+    job_factory: JobFactory,
 ) -> None:
     prompt = unique("taken over")
-    job = insert(clean_db, prompt)
+    job = job_factory(prompt)
     second = make_worker(settings, clean_db, model)
     taken: list[PushAnswer] = []
 
@@ -265,11 +263,13 @@ def test_lease_expiry_takeover_fences_the_first_worker(
 
 
 def test_delivery_under_a_live_lease_is_acked_without_a_model_call(
-    worker: Worker, clean_db: Database
+    worker: Worker,
+    clean_db: Database,
+    job_factory: JobFactory,
 ) -> None:
     # A nack would spend one of Pub/Sub's delivery attempts; the sweeper recovers the job
     # if the running attempt dies.
-    job = insert(clean_db, unique("running elsewhere"))
+    job = job_factory(unique("running elsewhere"))
     with clean_db.transaction() as conn:
         assert store.claim_job(conn, job.id, 60, store.Delivery("m-other", 1)).claimed
     answer = worker.handle(TOKEN, envelope(job.id))
@@ -286,9 +286,12 @@ def test_delivery_under_a_live_lease_is_acked_without_a_model_call(
     ],
 )
 def test_poison_messages_are_acked_and_write_nothing(
-    worker: Worker, clean_db: Database, body: bytes
+    worker: Worker,
+    clean_db: Database,
+    body: bytes,
+    job_factory: JobFactory,
 ) -> None:
-    insert(clean_db, unique("bystander"))
+    job_factory(unique("bystander"))
     before = log_count(clean_db)
     answer = worker.handle(TOKEN, body)
     assert answer.status == 200 and answer.body["outcome"] == "poison_message"
@@ -302,20 +305,26 @@ def test_unknown_job_is_acked_and_writes_nothing(worker: Worker, clean_db: Datab
 
 
 def test_bad_token_is_refused_before_anything_is_read(
-    worker: Worker, clean_db: Database, stub: StubModelServer
+    worker: Worker,
+    clean_db: Database,
+    stub: StubModelServer,
+    job_factory: JobFactory,
 ) -> None:
     prompt = unique("unauthenticated")
-    job = insert(clean_db, prompt)
+    job = job_factory(prompt)
     answer = worker.handle("Bearer forged", envelope(job.id))
     assert answer.status == 401 and "WWW-Authenticate" in answer.headers
     assert reload(clean_db, job.id).status is Status.QUEUED and stub.calls(prompt) == []
 
 
 def test_spent_attempts_fail_the_job_without_another_call(
-    worker: Worker, clean_db: Database, stub: StubModelServer
+    worker: Worker,
+    clean_db: Database,
+    stub: StubModelServer,
+    job_factory: JobFactory,
 ) -> None:
     prompt = unique("always down stub:500")
-    job = insert(clean_db, prompt, max_attempts=1)
+    job = job_factory(prompt, max_attempts=1)
     assert worker.handle(TOKEN, envelope(job.id, attempt=1)).status == 503
     answer = worker.handle(TOKEN, envelope(job.id, attempt=2))
     assert answer.status == 200 and answer.body["outcome"] == "attempts_exhausted"
@@ -341,9 +350,10 @@ def test_unrunnable_jobs_fail_without_a_call(
     task: str,
     raw_input: dict[str, Any],
     code: str,
+    job_factory: JobFactory,
 ) -> None:
     calls = len(stub.calls())
-    job = insert(clean_db, task=task, raw_input=raw_input)
+    job = job_factory(task=task, raw_input=raw_input)
     assert worker.handle(TOKEN, envelope(job.id)).status == 200
     failed = reload(clean_db, job.id)
     assert failed.status is Status.FAILED and failed.error is not None
@@ -352,11 +362,14 @@ def test_unrunnable_jobs_fail_without_a_call(
 
 
 def test_task_timeout_is_capped_by_the_lease_settings(
-    settings: Settings, clean_db: Database, model: ModelClient
+    settings: Settings,
+    clean_db: Database,
+    model: ModelClient,
+    job_factory: JobFactory,
 ) -> None:
     # A 3 s ack deadline and 1 s margins leave 1 s for the call, whatever the task allows.
     tight = dataclasses.replace(settings, ack_deadline_seconds=3, lease_margin_seconds=1)
-    job = insert(clean_db, unique("never answers stub:hang"))
+    job = job_factory(unique("never answers stub:hang"))
     answer = make_worker(tight, clean_db, model).handle(TOKEN, envelope(job.id))
     assert answer.status == 503
     requeued = reload(clean_db, job.id)
@@ -365,7 +378,10 @@ def test_task_timeout_is_capped_by_the_lease_settings(
 
 
 def test_no_connection_is_held_during_the_model_call(
-    settings: Settings, clean_db: Database, model: ModelClient
+    settings: Settings,
+    clean_db: Database,
+    model: ModelClient,
+    job_factory: JobFactory,
 ) -> None:
     held: list[int] = []
     pool = clean_db.engine.pool
@@ -373,7 +389,7 @@ def test_no_connection_is_held_during_the_model_call(
     def count() -> None:
         held.append(pool.checkedout())  # type: ignore[attr-defined]
 
-    job = insert(clean_db, unique("pool check"))
+    job = job_factory(unique("pool check"))
     assert (
         make_worker(settings, clean_db, Around(model, count)).handle(TOKEN, envelope(job.id)).status
         == 200
@@ -391,15 +407,18 @@ def test_database_down_nacks_with_503(settings: Settings, model: ModelClient) ->
 
 
 def test_unexpected_error_nacks_and_requeues_at_once(
-    settings: Settings, clean_db: Database, caplog: pytest.LogCaptureFixture
+    settings: Settings,
+    clean_db: Database,
+    caplog: pytest.LogCaptureFixture,
+    job_factory: JobFactory,
 ) -> None:
     class Broken:
         def generate(
             self, task: Task, messages: Sequence[Message], *, timeout: float
-        ) -> Generation:
+        ) -> ModelAnswer:
             raise RuntimeError("a bug")
 
-    job = insert(clean_db, unique("hits a bug"))
+    job = job_factory(unique("hits a bug"))
     answer = make_worker(settings, clean_db, Broken()).handle(TOKEN, envelope(job.id))
     assert answer.status == 500
     requeued = reload(clean_db, job.id)
@@ -409,10 +428,13 @@ def test_unexpected_error_nacks_and_requeues_at_once(
 
 
 def test_logs_carry_the_job_and_never_the_token(
-    worker: Worker, clean_db: Database, caplog: pytest.LogCaptureFixture
+    worker: Worker,
+    clean_db: Database,
+    caplog: pytest.LogCaptureFixture,
+    job_factory: JobFactory,
 ) -> None:
     caplog.set_level(logging.INFO, logger="genjobs")
-    job = insert(clean_db, unique("log me"))
+    job = job_factory(unique("log me"))
     worker.handle(TOKEN, envelope(job.id))
     worker.handle(TOKEN, envelope(job.id))
     records = [r for r in caplog.records if r.name.startswith("genjobs")]
@@ -430,19 +452,19 @@ class RateLimitedModel:
         self.retry_after = retry_after
         self.calls = 0
 
-    def generate(self, task: Task, messages: Sequence[Message], *, timeout: float) -> Generation:
+    def generate(self, task: Task, messages: Sequence[Message], *, timeout: float) -> ModelAnswer:
         self.calls += 1
-        raise ModelUnavailable(
-            "rate limited", retry_after=self.retry_after, error_code="rate_limited"
-        )
+        raise ModelUnavailable("rate limited", retry_after=self.retry_after, code="rate_limited")
 
 
 def test_long_rate_limit_defers_the_job_without_spending_its_attempt(
-    settings: Settings, clean_db: Database
+    settings: Settings,
+    clean_db: Database,
+    job_factory: JobFactory,
 ) -> None:
     model = RateLimitedModel(retry_after=120)
     worker = make_worker(settings, clean_db, model)
-    job = insert(clean_db, unique("rate limited for two minutes"), max_attempts=5)
+    job = job_factory(unique("rate limited for two minutes"), max_attempts=5)
     first = worker.handle(TOKEN, envelope(job.id))
     # Acked: a nack would spend a delivery attempt long before the limit resets.
     assert first.status == 200 and first.body["outcome"] == "deferred"
@@ -454,9 +476,11 @@ def test_long_rate_limit_defers_the_job_without_spending_its_attempt(
     assert again.status == 200 and again.body["outcome"] == "deferred" and model.calls == 1
 
 
-def test_short_rate_limit_is_left_to_pubsub_backoff(settings: Settings, clean_db: Database) -> None:
+def test_short_rate_limit_is_left_to_pubsub_backoff(
+    settings: Settings, clean_db: Database, job_factory: JobFactory
+) -> None:
     worker = make_worker(settings, clean_db, RateLimitedModel(retry_after=2))
-    job = insert(clean_db, unique("rate limited briefly"))
+    job = job_factory(unique("rate limited briefly"))
     answer = worker.handle(TOKEN, envelope(job.id))
     assert answer.status == 503 and answer.headers["Retry-After"] == "2"
     assert reload(clean_db, job.id).not_before is None

@@ -15,15 +15,17 @@ import pytest
 from sqlalchemy import text
 
 from genjobs import store
-from genjobs.cli import build_parser, main
 from genjobs.db import Database
 from genjobs.dead_letter import DeadLetterHandler
-from genjobs.replay import Action, Replayer, ReplayResult, Summary, replayed_since
-from genjobs.replay_cli import Progress
-from genjobs.replay_sources import JobFilter, replay_from_database
+from genjobs.ops.cli import build_parser, main
+from genjobs.ops.replay import Action, Replayer, ReplayResult, Summary
+from genjobs.ops.replay_cli import Progress
+from genjobs.ops.replay_sources import JobFilter, replay_from_database
 from genjobs.settings import Settings
 from genjobs.statuses import Status
-from tests.ops.helpers import RecordingPublisher, events, insert_job, job_row, log_rows
+from genjobs.store import replayed_since
+from tests.factories import insert_row
+from tests.ops.helpers import RecordingPublisher, events, job_row, log_rows
 
 T0 = datetime(2026, 3, 1, 12, 0, tzinfo=UTC)
 
@@ -48,7 +50,7 @@ def test_replay_requeues_with_attempts_kept_budget_renewed_and_a_replayed_row(
     clean_db: Database,
 ) -> None:
     with clean_db.transaction() as conn:
-        job_id = insert_job(conn, attempts=5, trace_id="ab" * 16)
+        job_id = insert_row(conn, attempts=5, trace_id="ab" * 16)
     publisher = RecordingPublisher()
     summary = run(clean_db, publisher)
     assert summary.counts() == Counter({Action.REPLAYED: 1})
@@ -73,13 +75,13 @@ def test_replay_requeues_with_attempts_kept_budget_renewed_and_a_replayed_row(
 def test_every_filter_selects_only_matching_failed_jobs(clean_db: Database) -> None:
     alice = uuid.uuid4()
     with clean_db.transaction() as conn:
-        old = insert_job(conn, finished_at=T0 - timedelta(days=2))
-        chat = insert_job(conn, task="chat", finished_at=T0)
-        refused = insert_job(conn, error_code="content_policy_violation", finished_at=T0)
-        alices = insert_job(conn, user_id=alice, finished_at=T0 + timedelta(hours=1))
-        late = insert_job(conn, finished_at=T0 + timedelta(days=1, hours=2))
+        old = insert_row(conn, finished_at=T0 - timedelta(days=2))
+        chat = insert_row(conn, task="chat", finished_at=T0)
+        refused = insert_row(conn, error_code="content_policy_violation", finished_at=T0)
+        alices = insert_row(conn, user_id=alice, finished_at=T0 + timedelta(hours=1))
+        late = insert_row(conn, finished_at=T0 + timedelta(days=1, hours=2))
         for status in ("succeeded", "cancelled", "queued", "processing"):
-            insert_job(conn, status=status, finished_at=T0)
+            insert_row(conn, status=status, finished_at=T0)
     everything = {old, chat, refused, alices, late}
 
     def selected(**filters: Any) -> set[uuid.UUID | None]:
@@ -101,7 +103,7 @@ def test_every_filter_selects_only_matching_failed_jobs(clean_db: Database) -> N
 
 def test_dry_run_changes_nothing_and_publishes_nothing(clean_db: Database) -> None:
     with clean_db.transaction() as conn:
-        job_id = insert_job(conn)
+        job_id = insert_row(conn)
     before = job_row(clean_db, job_id)
     publisher = RecordingPublisher()
     summary = run(clean_db, publisher, dry_run=True)
@@ -112,7 +114,7 @@ def test_dry_run_changes_nothing_and_publishes_nothing(clean_db: Database) -> No
 
 def test_replaying_the_same_set_twice_replays_each_job_once(clean_db: Database) -> None:
     with clean_db.transaction() as conn:
-        jobs = {insert_job(conn) for _ in range(3)}
+        jobs = {insert_row(conn) for _ in range(3)}
     publisher = RecordingPublisher()
     first = run(clean_db, publisher)
     second = run(clean_db, publisher, job_ids=tuple(jobs))
@@ -125,7 +127,7 @@ def test_replaying_the_same_set_twice_replays_each_job_once(clean_db: Database) 
 
 def test_concurrent_runs_replay_each_job_exactly_once(clean_db: Database) -> None:
     with clean_db.transaction() as conn:
-        jobs = {insert_job(conn) for _ in range(12)}
+        jobs = {insert_row(conn) for _ in range(12)}
     publisher = RecordingPublisher()
     barrier = threading.Barrier(3)
     summaries: list[Summary] = []
@@ -150,7 +152,7 @@ def test_concurrent_runs_replay_each_job_exactly_once(clean_db: Database) -> Non
 
 def test_one_job_replayed_from_many_threads_at_once_is_replayed_once(clean_db: Database) -> None:
     with clean_db.transaction() as conn:
-        job_id = insert_job(conn)
+        job_id = insert_row(conn)
     publisher = RecordingPublisher()
     replayer = Replayer(clean_db, publisher)
     since = datetime.now(UTC) - timedelta(minutes=1)
@@ -175,7 +177,7 @@ def test_a_request_older_than_the_last_replay_is_skipped_but_a_new_failure_repla
     clean_db: Database,
 ) -> None:
     with clean_db.transaction() as conn:
-        job_id = insert_job(conn)
+        job_id = insert_row(conn)
     replayer = Replayer(clean_db, RecordingPublisher())
     asked_at = datetime.now(UTC) - timedelta(seconds=5)
     assert replayer.replay(job_id, since=asked_at, source="test").action is Action.REPLAYED
@@ -199,7 +201,7 @@ def test_a_late_copy_of_its_dead_letter_leaves_a_replayed_job_alone(clean_db: Da
     """Push is at-least-once: the dead_letter handler may see the message again after the
     replay; it must not fail the job that is running again."""
     with clean_db.transaction() as conn:
-        job_id = insert_job(conn)
+        job_id = insert_row(conn)
     dead_lettered_at = datetime.now(UTC) - timedelta(minutes=1)
     replayer = Replayer(clean_db, RecordingPublisher())
     assert replayer.replay(job_id, since=dead_lettered_at, source="t").action is Action.REPLAYED
@@ -230,7 +232,7 @@ def test_the_sweeper_does_not_expire_a_replayed_job_for_its_creation_age(
     from genjobs.sweeper import Sweeper
 
     with clean_db.transaction() as conn:
-        job_id = insert_job(conn, created_at=datetime.now(UTC) - timedelta(days=3))
+        job_id = insert_row(conn, created_at=datetime.now(UTC) - timedelta(days=3))
     replayer = Replayer(clean_db, RecordingPublisher())
     assert replayer.replay(job_id, since=datetime.now(UTC), source="t").action is Action.REPLAYED
     sweeper = Sweeper(
@@ -249,8 +251,8 @@ class AnyCaller:
 
 def test_finished_and_unfinished_jobs_are_left_alone(clean_db: Database) -> None:
     with clean_db.transaction() as conn:
-        done = insert_job(conn, status="succeeded")
-        running = insert_job(conn, status="processing")
+        done = insert_row(conn, status="succeeded")
+        running = insert_row(conn, status="processing")
     replayer = Replayer(clean_db, RecordingPublisher())
     now = datetime.now(UTC)
     assert replayer.replay(done, since=now, source="t").reason == "succeeded"
@@ -266,7 +268,7 @@ def test_publish_failure_leaves_the_job_queued_and_unpublished_for_the_sweeper(
     clean_db: Database,
 ) -> None:
     with clean_db.transaction() as conn:
-        job_id = insert_job(conn)
+        job_id = insert_row(conn)
     summary = run(clean_db, RecordingPublisher(fail=True))
     assert summary.counts() == Counter({Action.PUBLISH_FAILED: 1})
     row = job_row(clean_db, job_id)
@@ -278,8 +280,8 @@ def test_cli_replays_from_the_database_and_prints_a_summary(
     clean_db: Database, settings_env: None, capsys: pytest.CaptureFixture[str]
 ) -> None:
     with clean_db.transaction() as conn:
-        chat = insert_job(conn, task="chat")
-        insert_job(conn, task="summarize")
+        chat = insert_row(conn, task="chat")
+        insert_row(conn, task="summarize")
     # Dry run: one line per job and the summary; nothing changes.
     assert main(["replay", "--task", "chat", "--dry-run"]) == 0
     out = capsys.readouterr().out
@@ -321,10 +323,11 @@ def test_progress_line_redraws_in_place_on_a_terminal_only() -> None:
         summary.add(ReplayResult(uuid.uuid4(), action))
     terminal = Terminal()
     progress = Progress(terminal, "replay", total=4)
-    progress.update(summary, force=True)
+    progress.update(summary)
     progress.finish(summary)
-    assert terminal.getvalue().startswith("\r\x1b[2Kreplay [")
-    assert "] 3/4  replayed 2, skipped 1" in terminal.getvalue()
+    last = terminal.getvalue().rstrip("\n").split("\r")[-1]
+    assert last.startswith("replay:  75%") and "| 3/4 [" in last
+    assert last.endswith(", replayed 2, skipped 1]") and "job/s" in last
     assert terminal.getvalue().endswith("\n")
     pipe = io.StringIO()
     Progress(pipe, "replay").finish(summary)

@@ -16,14 +16,15 @@ import pytest
 
 from devstack.supervisor import ROOT
 from genjobs.db import Database
-from genjobs.replay import Action, Replayer, Summary
-from genjobs.replay_sources import (
+from genjobs.ops.replay import Action, Replayer, Summary
+from genjobs.ops.replay_sources import (
     DeadLetter,
     DeadLetterSubscription,
     job_id_from_data,
     replay_from_dead_letter,
 )
-from tests.ops.helpers import RecordingPublisher, events, insert_job, job_row
+from tests.factories import insert_row
+from tests.ops.helpers import RecordingPublisher, events, job_row
 from tests.stack import Stack
 
 PROJECT = "local-project"
@@ -64,7 +65,7 @@ def failed_jobs(stack: Stack, db: Database, count: int) -> list[uuid.UUID]:
     """Failed jobs with their dead-letter messages, once the dead_letter handler has seen them
     (it leaves a failed job untouched; waiting keeps it from racing the replay)."""
     with db.transaction() as conn:
-        jobs = [insert_job(conn) for _ in range(count)]
+        jobs = [insert_row(conn) for _ in range(count)]
     dead_letter(stack, *(str(job_id).encode() for job_id in jobs))
     for job_id in jobs:
         stack.wait_for_log("dead_letter", str(job_id))
@@ -157,9 +158,9 @@ def message(job_id: uuid.UUID | None, published_at: datetime, data: bytes = b"")
 def test_messages_are_acked_only_when_their_job_needs_nothing_more(clean_db: Database) -> None:
     now = datetime.now(UTC)
     with clean_db.transaction() as conn:
-        failed = insert_job(conn)
-        waiting = insert_job(conn, status="queued")  # the dead_letter handler has not run yet
-        done = insert_job(conn, status="succeeded")
+        failed = insert_row(conn)
+        waiting = insert_row(conn, status="queued")  # the dead_letter handler has not run yet
+        done = insert_row(conn, status="succeeded")
     messages = {
         "failed": message(failed, now),
         "duplicate": message(failed, now),  # Pub/Sub delivers at least once
@@ -194,7 +195,7 @@ def test_a_message_older_than_the_jobs_last_replay_is_acked_without_replaying(
     clean_db: Database,
 ) -> None:
     with clean_db.transaction() as conn:
-        job_id = insert_job(conn)
+        job_id = insert_row(conn)
     old = datetime.now(UTC) - timedelta(minutes=5)
     assert replayed(replay(clean_db, FakeQueue([message(job_id, old)]))) == [job_id]
     with clean_db.transaction() as conn:  # it failed again meanwhile
@@ -220,8 +221,8 @@ class Redelivering(FakeQueue):
 
 def test_a_message_that_comes_back_within_a_run_is_handled_once(clean_db: Database) -> None:
     with clean_db.transaction() as conn:
-        failed = insert_job(conn)
-        waiting = insert_job(conn, status="queued")
+        failed = insert_row(conn)
+        waiting = insert_row(conn, status="queued")
     now = datetime.now(UTC)
     first, held = message(failed, now), message(waiting, now)
     # Pub/Sub delivers both again under new ack ids (a duplicate; a passed ack deadline).
@@ -258,7 +259,7 @@ def cli(stack: Stack, db_url: str, *args: str) -> dict[str, Any]:
         "GENJOBS_ENV": "local",
     }
     result = subprocess.run(
-        [sys.executable, "-m", "genjobs.cli", "replay", *args, "--json"],
+        [sys.executable, "-m", "genjobs.ops.cli", "replay", *args, "--json"],
         capture_output=True,
         text=True,
         cwd=ROOT,

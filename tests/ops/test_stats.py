@@ -17,8 +17,8 @@ from sqlalchemy.exc import DBAPIError
 
 from devstack.supervisor import ROOT
 from genjobs.db import Database
-from genjobs.stats import Figures, bucket_labels, collect, render_text
-from tests.ops.helpers import insert_job
+from genjobs.ops.stats import Figures, bucket_labels, collect, render_text
+from tests.factories import insert_row
 
 DAY1 = date(2020, 1, 10)
 DAY2 = date(2020, 1, 11)
@@ -44,7 +44,7 @@ def job(
 ) -> uuid.UUID:
     """A job created at 10:00 on `day`, started a second later, finished after `duration`."""
     ended = status in {"succeeded", "failed", "cancelled"}
-    return insert_job(
+    return insert_row(
         conn,
         status=status,
         task=task,
@@ -227,7 +227,7 @@ def stats_cli(app_database_url: str, *args: str) -> subprocess.CompletedProcess[
         "GENJOBS_ENV": "local",
     }
     return subprocess.run(
-        [sys.executable, "-m", "genjobs.cli", "stats", *args],
+        [sys.executable, "-m", "genjobs.ops.cli", "stats", *args],
         capture_output=True,
         text=True,
         cwd=ROOT,

@@ -16,8 +16,8 @@ import pytest
 from sqlalchemy import Connection
 
 from genjobs.db import Database
-from genjobs.stats import collect
-from genjobs.stats_html import render_html
+from genjobs.ops.stats import collect
+from genjobs.ops.stats_html import render_html
 from tests.ops.test_stats import known_jobs
 
 DAY1, DAY2 = date(2020, 3, 10), date(2020, 3, 11)

@@ -14,7 +14,7 @@ from genjobs.settings import LOCAL_JWT_SECRET, LOCAL_SUPABASE_URL
 def test_token_prints_only_a_valid_token_for_the_given_user() -> None:
     user = uuid.uuid4()
     result = subprocess.run(
-        [sys.executable, "-m", "genjobs.cli", "token", "--sub", str(user)],
+        [sys.executable, "-m", "genjobs.ops.cli", "token", "--sub", str(user)],
         capture_output=True,
         text=True,
         check=True,
@@ -29,7 +29,7 @@ def test_token_prints_only_a_valid_token_for_the_given_user() -> None:
 
 def test_bad_arguments_exit_with_usage() -> None:
     result = subprocess.run(
-        [sys.executable, "-m", "genjobs.cli", "token", "--sub", "not-a-uuid"],
+        [sys.executable, "-m", "genjobs.ops.cli", "token", "--sub", "not-a-uuid"],
         capture_output=True,
         text=True,
         check=False,

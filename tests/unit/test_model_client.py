@@ -14,9 +14,7 @@ from devstack.stub_model import StubModelServer
 from genjobs.errors import InvalidModelOutput, ModelRefused, ModelUnavailable
 from genjobs.model_client import (
     DEFAULT_RETRY_AFTER_SECONDS,
-    InvalidAnswer,
     ModelClient,
-    RefusedAnswer,
     retry_after_seconds,
 )
 from genjobs.secrets import Secret
@@ -61,7 +59,7 @@ def test_rate_limit_is_transient_with_retry_after(
 ) -> None:
     with pytest.raises(ModelUnavailable) as caught:
         ask(client, "limit me stub:429")
-    assert caught.value.error_code == "rate_limited"
+    assert caught.value.code == "rate_limited"
     assert caught.value.retry_after == 1.0
     assert len(stub.calls("limit me stub:429")) == 1  # the SDK's own retries are off
 
@@ -76,7 +74,7 @@ def test_server_errors_are_transient(
     text = f"server trouble {directive}"
     with pytest.raises(ModelUnavailable) as caught:
         ask(client, text)
-    assert caught.value.error_code == code
+    assert caught.value.code == code
     assert len(stub.calls(text)) == 1
 
 
@@ -89,33 +87,33 @@ def test_fail_n_times_then_succeeds(client: ModelClient) -> None:
 def test_timeout_is_transient(client: ModelClient) -> None:
     with pytest.raises(ModelUnavailable) as caught:
         ask(client, "never answers stub:hang", timeout=0.3)
-    assert caught.value.error_code == "model_timeout"
+    assert caught.value.code == "model_timeout"
 
 
 def test_connection_refused_is_transient() -> None:
     client = ModelClient(api_key=Secret(KEY), base_url="http://127.0.0.1:9/v1")
     with pytest.raises(ModelUnavailable) as caught:
         ask(client, "nobody listens")
-    assert caught.value.error_code == "model_connection_error"
+    assert caught.value.code == "model_connection_error"
 
 
 def test_policy_refusal_is_permanent(client: ModelClient) -> None:
     with pytest.raises(ModelRefused) as caught:
         ask(client, "something bad stub:refuse")
-    assert caught.value.error_code == "content_policy_violation"
+    assert caught.value.code == "content_policy_violation"
 
 
 def test_other_client_errors_are_refusals(client: ModelClient) -> None:
     with pytest.raises(ModelRefused) as caught:
         ask(client, "no such thing stub:fail=404x1")
-    assert caught.value.error_code == "model_refused"
+    assert caught.value.code == "model_refused"
 
 
 @pytest.mark.parametrize("status", [401, 403])
 def test_credential_errors_are_transient_and_hide_the_key(client: ModelClient, status: int) -> None:
     with pytest.raises(ModelUnavailable) as caught:
         ask(client, f"bad key stub:fail={status}x1")
-    assert caught.value.error_code == "model_auth_error"
+    assert caught.value.code == "model_auth_error"
     assert KEY not in str(caught.value) and KEY not in repr(client)
 
 
@@ -197,9 +195,13 @@ def answer(
 def test_schema_violation_is_invalid_output_with_billed_usage(scripted: Scripted) -> None:
     with pytest.raises(InvalidModelOutput) as caught:
         answer(scripted, json.dumps({"entities": [{"name": "Ada", "type": "robot"}]}))
-    assert caught.value.error_code == "invalid_model_output"
+    assert caught.value.code == "invalid_model_output"
     assert "output schema" in caught.value.detail
-    assert isinstance(caught.value, InvalidAnswer) and caught.value.usage.completion_tokens == 9
+    assert (
+        isinstance(caught.value, InvalidModelOutput)
+        and caught.value.usage is not None
+        and caught.value.usage.completion_tokens == 9
+    )
 
 
 def test_non_json_structured_answer_is_invalid_output(scripted: Scripted) -> None:
@@ -210,26 +212,30 @@ def test_non_json_structured_answer_is_invalid_output(scripted: Scripted) -> Non
 def test_truncated_structured_answer_is_invalid_output(scripted: Scripted) -> None:
     with pytest.raises(InvalidModelOutput) as caught:
         answer(scripted, '{"entities": [', finish_reason="length")
-    assert caught.value.error_code == "output_truncated"
+    assert caught.value.code == "output_truncated"
 
 
 def test_oversize_answer_is_invalid_output(scripted: Scripted) -> None:
     with pytest.raises(InvalidModelOutput) as caught:
         answer(scripted, "x" * (64 * 1024 + 1), task=SUMMARIZE)
-    assert caught.value.error_code == "output_too_large"
+    assert caught.value.code == "output_too_large"
 
 
 def test_empty_answer_is_invalid_output(scripted: Scripted) -> None:
     with pytest.raises(InvalidModelOutput) as caught:
         answer(scripted, None, task=SUMMARIZE)
-    assert caught.value.error_code == "empty_output"
+    assert caught.value.code == "empty_output"
 
 
 def test_content_filter_finish_is_a_refusal(scripted: Scripted) -> None:
     with pytest.raises(ModelRefused) as caught:
         answer(scripted, "partial", finish_reason="content_filter", task=SUMMARIZE)
-    assert caught.value.error_code == "content_policy_violation"
-    assert isinstance(caught.value, RefusedAnswer) and caught.value.usage.prompt_tokens == 7
+    assert caught.value.code == "content_policy_violation"
+    assert (
+        isinstance(caught.value, ModelRefused)
+        and caught.value.usage is not None
+        and caught.value.usage.prompt_tokens == 7
+    )
 
 
 def test_model_refusal_message_is_a_refusal(scripted: Scripted) -> None:
@@ -271,7 +277,7 @@ def test_insufficient_quota_is_its_own_transient_code(scripted: Scripted) -> Non
     client = ModelClient(api_key=Secret(KEY), base_url=f"http://127.0.0.1:{port}/v1")
     with pytest.raises(ModelUnavailable) as caught:
         ask(client, "anything")
-    assert caught.value.error_code == "model_quota_exceeded"
+    assert caught.value.code == "model_quota_exceeded"
     assert caught.value.retry_after == DEFAULT_RETRY_AFTER_SECONDS
 
 

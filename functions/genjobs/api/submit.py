@@ -21,15 +21,14 @@ from genjobs.errors import (
     PayloadTooLarge,
     RateLimited,
 )
-from genjobs.jobs import Job
-from genjobs.publisher import JobPublisher
+from genjobs.jobs import MAX_ATTEMPTS, Job
+from genjobs.publisher import JobPublisher, publish_job
 from genjobs.settings import Settings
 from genjobs.tasks import Task
 
 log = logging.getLogger(__name__)
 
 MAX_IDEMPOTENCY_KEY_LENGTH = 255
-DEFAULT_MAX_ATTEMPTS = 5
 
 
 @dataclass(frozen=True)
@@ -116,13 +115,6 @@ def _storable(text: str) -> bool:
     return True
 
 
-def _replay(existing: Job, fingerprint: str) -> Submitted:
-    """The job stored under this key, if it was asked for with the same body."""
-    if existing.request_hash != fingerprint:
-        raise IdempotencyKeyReused("this Idempotency-Key was used with a different request body")
-    return Submitted(existing, replayed=True)
-
-
 def check_idempotency_key(key: str | None) -> str | None:
     """Keys are 1 to 255 printable ASCII characters."""
     if key is None:
@@ -144,6 +136,37 @@ def request_hash(task: str, data: dict[str, Any], metadata: dict[str, Any]) -> s
 
 def _canonical(value: Any) -> bytes:
     return json.dumps(value, sort_keys=True, separators=(",", ":"), ensure_ascii=False).encode()
+
+
+def same_request(existing: Job, fingerprint: str) -> Job:
+    """The job made earlier with this Idempotency-Key, if it was asked with the same body."""
+    if existing.request_hash != fingerprint:
+        raise IdempotencyKeyReused("this Idempotency-Key was used with a different request body")
+    return existing
+
+
+def check_limits(usage: store.UserUsage, settings: Settings, now: datetime) -> None:
+    """Refuse a submit over the user's rate, unfinished jobs or daily tokens (429)."""
+    s = settings
+    if usage.submitted_last_minute >= s.submits_per_minute:
+        raise RateLimited(
+            f"at most {s.submits_per_minute} submissions per minute",
+            retry_after=60,
+            code="rate_limited",
+        )
+    if usage.active_jobs >= s.max_active_jobs:
+        raise RateLimited(
+            f"at most {s.max_active_jobs} unfinished jobs at a time",
+            retry_after=5,
+            code="too_many_active_jobs",
+        )
+    if usage.tokens_today >= s.daily_token_budget:
+        midnight = (now + timedelta(days=1)).replace(hour=0, minute=0, second=0, microsecond=0)
+        raise RateLimited(
+            f"the daily budget of {s.daily_token_budget} tokens is spent",
+            retry_after=int((midnight - now).total_seconds()) + 1,
+            code="token_budget_exhausted",
+        )
 
 
 class SubmitService:
@@ -171,8 +194,8 @@ class SubmitService:
         with self.db.transaction() as conn:
             usage = store.user_usage(conn, user_id, key)
             if usage.existing is not None:
-                return _replay(usage.existing, fingerprint)
-            self._check_limits(usage)
+                return Submitted(same_request(usage.existing, fingerprint), replayed=True)
+            check_limits(usage, self.settings, datetime.now(UTC))
             job = store.insert_job(
                 conn,
                 store.NewJob(
@@ -183,7 +206,7 @@ class SubmitService:
                     idempotency_key=key,
                     request_hash=fingerprint,
                     trace_id=trace_id,
-                    max_attempts=DEFAULT_MAX_ATTEMPTS,
+                    max_attempts=MAX_ATTEMPTS,
                 ),
             )
             if job is None:
@@ -192,50 +215,10 @@ class SubmitService:
                 existing = store.find_by_key(conn, user_id, key) if key is not None else None
                 if existing is None:
                     raise RuntimeError("the insert conflicted but no job holds its key")
-                return _replay(existing, fingerprint)
+                return Submitted(same_request(existing, fingerprint), replayed=True)
         self._publish(job)
         return Submitted(job, replayed=False)
 
-    def _check_limits(self, usage: store.UserUsage) -> None:
-        s = self.settings
-        if usage.submitted_last_minute >= s.submits_per_minute:
-            raise RateLimited(
-                f"at most {s.submits_per_minute} submissions per minute",
-                retry_after=60,
-                code="rate_limited",
-            )
-        if usage.active_jobs >= s.max_active_jobs:
-            raise RateLimited(
-                f"at most {s.max_active_jobs} unfinished jobs at a time",
-                retry_after=5,
-                code="too_many_active_jobs",
-            )
-        if usage.tokens_today >= s.daily_token_budget:
-            now = datetime.now(UTC)
-            midnight = (now + timedelta(days=1)).replace(hour=0, minute=0, second=0, microsecond=0)
-            raise RateLimited(
-                f"the daily budget of {s.daily_token_budget} tokens is spent",
-                retry_after=int((midnight - now).total_seconds()) + 1,
-                code="token_budget_exhausted",
-            )
-
     def _publish(self, job: Job) -> None:
         """Publish after commit; a failure leaves the job queued for the sweeper."""
-        attributes = {"task": job.task}
-        if job.trace_id:
-            attributes["trace_id"] = job.trace_id
-        try:
-            message_id = self.publisher.publish(job.id, attributes)
-        except Exception:
-            log.warning(
-                "publish failed; the sweeper will publish this job",
-                exc_info=True,
-                extra={"job_id": job.id},
-            )
-            return
-        try:
-            with self.db.transaction() as conn:
-                store.mark_published(conn, job.id, message_id)
-        except Exception:
-            # The message is out; a missing published_at only risks one extra publish later.
-            log.warning("could not record publish", exc_info=True, extra={"job_id": job.id})
+        publish_job(self.db, self.publisher, job.id, task=job.task, trace_id=job.trace_id)

@@ -8,73 +8,15 @@ from dataclasses import asdict, dataclass, field
 from datetime import date, timedelta
 from typing import Any
 
-from sqlalchemy import Connection, RowMapping, text
+from sqlalchemy import Connection, RowMapping
+
+from genjobs.sql import query
 
 # Upper bounds (seconds) of the duration histogram's buckets; the last one is open-ended.
 DURATION_BUCKETS = (1, 2, 5, 10, 30, 60, 120, 300)
 # generation_logs events counted per day: attempts, retries, dead letters, replays.
 LOG_EVENTS = ("started", "retry", "dead_lettered", "replayed")
 TOP_ERROR_CODES = 10
-
-# One pass over the facts view for every grouping the report shows. Same formulas as
-# generation_daily_metrics (0001); percentiles are exact per group, never averaged.
-_FIGURES = text(
-    """
-    SELECT
-      GROUPING(day) AS by_day_off, GROUPING(task) AS by_task_off,
-      GROUPING(model) AS by_model_off,
-      day, task, model,
-      count(*) AS jobs,
-      count(*) FILTER (WHERE ai_status = 'succeeded') AS succeeded,
-      count(*) FILTER (WHERE ai_status = 'failed') AS failed,
-      count(*) FILTER (WHERE ai_status = 'cancelled') AS cancelled,
-      count(*) FILTER (WHERE ai_status IN ('queued', 'processing')) AS unfinished,
-      avg(duration_seconds) FILTER (WHERE ai_status = 'succeeded') AS avg_duration,
-      percentile_cont(0.5) WITHIN GROUP (ORDER BY duration_seconds)
-        FILTER (WHERE ai_status = 'succeeded') AS p50_duration,
-      percentile_cont(0.95) WITHIN GROUP (ORDER BY duration_seconds)
-        FILTER (WHERE ai_status = 'succeeded') AS p95_duration,
-      avg(run_seconds) FILTER (WHERE ai_status = 'succeeded') AS avg_run,
-      avg(attempts) FILTER (WHERE ai_status IN ('succeeded', 'failed')) AS avg_attempts,
-      sum(prompt_tokens) AS prompt_tokens,
-      sum(completion_tokens) AS completion_tokens
-    FROM generation_job_facts
-    WHERE day BETWEEN :since AND :until AND (CAST(:task AS text) IS NULL OR task = :task)
-    GROUP BY GROUPING SETS ((), (day), (task), (model))
-    """
-)
-
-_ERROR_CODES = text(
-    """
-    SELECT error_code, sum(jobs) AS jobs
-    FROM generation_error_codes
-    WHERE day BETWEEN :since AND :until AND (CAST(:task AS text) IS NULL OR task = :task)
-    GROUP BY error_code ORDER BY jobs DESC, error_code LIMIT :top
-    """
-)
-
-_HISTOGRAM = text(
-    """
-    SELECT width_bucket(duration_seconds, CAST(:bounds AS float8[])) AS bucket, count(*) AS jobs
-    FROM generation_job_facts
-    WHERE ai_status = 'succeeded' AND day BETWEEN :since AND :until
-      AND (CAST(:task AS text) IS NULL OR task = :task)
-    GROUP BY bucket
-    """
-)
-
-_EVENTS = text(
-    """
-    SELECT (date_trunc('day', l.created_at AT TIME ZONE 'UTC'))::date AS day, l.event,
-           count(*) AS events
-    FROM generation_logs l JOIN generations g ON g.id = l.generation_id
-    WHERE l.created_at >= CAST(:since AS date) AT TIME ZONE 'UTC'
-      AND l.created_at < (CAST(:until AS date) + 1) AT TIME ZONE 'UTC'
-      AND l.event IN ('started', 'retry', 'dead_lettered', 'replayed')
-      AND (CAST(:task AS text) IS NULL OR g.task = :task)
-    GROUP BY 1, 2
-    """
-)
 
 
 @dataclass(frozen=True)
@@ -107,7 +49,7 @@ class Figures:
 
     @classmethod
     def from_row(cls, row: RowMapping) -> Figures:
-        """From a `_FIGURES` row."""
+        """From a `stats_figures` row."""
         return cls(
             jobs=int(row["jobs"]),
             succeeded=int(row["succeeded"]),
@@ -173,7 +115,7 @@ def collect(conn: Connection, since: date, until: date, task: str | None = None)
     by_day: dict[date, Figures] = {}
     by_task: dict[str, Figures] = {}
     by_model: dict[str, Figures] = {}
-    for row in conn.execute(_FIGURES, params).mappings():
+    for row in conn.execute(query("stats_figures"), params).mappings():
         figures = Figures.from_row(row)
         if not row["by_day_off"]:
             by_day[row["day"]] = figures
@@ -185,14 +127,16 @@ def collect(conn: Connection, since: date, until: date, task: str | None = None)
             overall = figures
     errors = [
         (str(r.error_code), int(r.jobs))
-        for r in conn.execute(_ERROR_CODES, {**params, "top": TOP_ERROR_CODES})
+        for r in conn.execute(query("stats_error_codes"), {**params, "top": TOP_ERROR_CODES})
     ]
     buckets = {
         int(r.bucket): int(r.jobs)
-        for r in conn.execute(_HISTOGRAM, {**params, "bounds": list(DURATION_BUCKETS)})
+        for r in conn.execute(
+            query("stats_duration_histogram"), {**params, "bounds": list(DURATION_BUCKETS)}
+        )
     }
     events: dict[date, dict[str, int]] = {}
-    for r in conn.execute(_EVENTS, params):
+    for r in conn.execute(query("stats_events_by_day"), params):
         events.setdefault(r.day, dict.fromkeys(LOG_EVENTS, 0))[r.event] = int(r.events)
     return Report(
         since=since,

@@ -7,7 +7,7 @@ from collections.abc import Sequence
 from datetime import UTC, date, datetime
 from html import escape
 
-from genjobs.stats import (
+from genjobs.ops.stats import (
     FIGURE_COLUMNS,
     Figures,
     Report,

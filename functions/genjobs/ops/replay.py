@@ -11,72 +11,15 @@ from datetime import datetime
 from enum import StrEnum
 from typing import Any
 
-from sqlalchemy import Connection, RowMapping, text
+from sqlalchemy import RowMapping
 
-from genjobs import store
 from genjobs.db import Database
-from genjobs.jobs import Job
-from genjobs.publisher import JobPublisher
+from genjobs.jobs import MAX_ATTEMPTS, Job
+from genjobs.publisher import JobPublisher, publish_job
+from genjobs.sql import query
 from genjobs.statuses import Status
 
 log = logging.getLogger(__name__)
-
-# Attempts a replayed job gets, as many as a new submission (api.submit.DEFAULT_MAX_ATTEMPTS).
-DEFAULT_ATTEMPT_BUDGET = 5
-
-# A replay at or after `since` makes another one redundant: the run (or the dead-letter
-# message) that asks for it is older than the replay that already happened.
-_REPLAYED_SINCE = """EXISTS (
-      SELECT 1 FROM generation_logs l
-      WHERE l.generation_id = g.id AND l.event = 'replayed' AND l.created_at >= :since)"""
-
-# Attempts are kept (they are the fencing numbers and must only grow); the budget is renewed
-# on top of them. FOR UPDATE makes concurrent replays queue here and re-check `failed`.
-_REPLAY = text(
-    f"""
-    WITH target AS (
-      SELECT g.id, g.error FROM generations g
-      WHERE g.id = :id AND g.ai_status = 'failed' AND NOT {_REPLAYED_SINCE}
-      FOR UPDATE
-    ), job AS (
-      UPDATE generations g
-      SET ai_status = 'queued', max_attempts = g.attempts + :budget, error = NULL,
-          finished_at = NULL, lease_expires_at = NULL, published_at = NULL, not_before = NULL,
-          updated_at = now()
-      FROM target
-      WHERE g.id = target.id AND g.ai_status = 'failed'
-      RETURNING g.*, target.error AS previous_error
-    ), log AS (
-      INSERT INTO generation_logs ({store.LOG_COLUMNS})
-      SELECT id, user_id, 'replayed', 'queued', attempts, :message_id, NULL,
-             NULL, NULL, NULL, NULL, previous_error ->> 'code',
-             left(:source || '; previous error: ' || coalesce(previous_error ->> 'code', 'none')
-                  || ': ' || coalesce(previous_error ->> 'message', ''), 2000)
-      FROM job
-    )
-    SELECT true AS replayed, false AS replayed_since, * FROM job
-    UNION ALL
-    SELECT false, {_REPLAYED_SINCE}, g.*, g.error FROM generations g
-    WHERE g.id = :id AND NOT EXISTS (SELECT 1 FROM job)
-    """  # noqa: S608 (assembled from module constants; values are bound parameters)
-)
-
-_PREVIEW = text(
-    f"""
-    SELECT false AS replayed, {_REPLAYED_SINCE} AS replayed_since, g.*, g.error AS previous_error
-    FROM generations g WHERE g.id = :id
-    """  # noqa: S608
-)
-
-
-_REPLAYED_AFTER = text(
-    f"SELECT {_REPLAYED_SINCE} FROM generations g WHERE g.id = :id"  # noqa: S608
-)
-
-
-def replayed_since(conn: Connection, job_id: uuid.UUID, moment: datetime) -> bool:
-    """True if the job was replayed at or after `moment` (a message older than that is stale)."""
-    return bool(conn.execute(_REPLAYED_AFTER, {"id": job_id, "since": moment}).scalar())
 
 
 class Action(StrEnum):
@@ -171,7 +114,7 @@ class Replayer:
         db: Database,
         publisher: JobPublisher,
         *,
-        budget: int = DEFAULT_ATTEMPT_BUDGET,
+        budget: int = MAX_ATTEMPTS,
         dry_run: bool = False,
     ) -> None:
         if budget <= 0:
@@ -224,30 +167,19 @@ class Replayer:
             "message_id": message_id,
         }
         with self._db.transaction() as conn:
-            statement = _PREVIEW if self._dry_run else _REPLAY
+            statement = query("preview_replay" if self._dry_run else "replay_job")
             return conn.execute(statement, params).mappings().first()
 
     def _publish(self, job: Job, previous: str | None) -> ReplayResult:
         """Publish after the commit: a failure leaves the job queued for the sweeper."""
-        attributes = {"task": job.task}
-        if job.trace_id:
-            attributes["trace_id"] = job.trace_id
-        extra = {"job_id": str(job.id), "task": job.task, "attempt": job.attempts}
-        try:
-            message_id = self._publisher.publish(job.id, attributes)
-        except Exception as error:
-            log.warning("replayed job not published; the sweeper will publish it", extra=extra)
-            return ReplayResult(
-                job.id, Action.PUBLISH_FAILED, f"{type(error).__name__}", job.task, previous
-            )
-        try:
-            with self._db.transaction() as conn:
-                store.mark_published(conn, job.id, message_id)
-        except Exception:
-            # The message is out: a missing `published` row only risks one more publish later.
-            log.warning("could not record the publish of a replayed job", extra=extra)
-        log.info("job replayed", extra=extra)
-        return ReplayResult(job.id, Action.REPLAYED, "", job.task, previous, message_id)
+        published = publish_job(
+            self._db, self._publisher, job.id, task=job.task, trace_id=job.trace_id
+        )
+        if published.error is not None:
+            reason = type(published.error).__name__
+            return ReplayResult(job.id, Action.PUBLISH_FAILED, reason, job.task, previous)
+        log.info("job replayed", extra=job.log_context())
+        return ReplayResult(job.id, Action.REPLAYED, "", job.task, previous, published.message_id)
 
 
 def _not_replayed(job: Job, replayed_since: bool, defer_unfinished: bool) -> ReplayResult:

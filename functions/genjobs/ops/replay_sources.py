@@ -11,13 +11,12 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any, Protocol
 
-from sqlalchemy import Connection, func, select
+from sqlalchemy import Connection
 
 from genjobs.db import Database
 from genjobs.errors import GenJobsError
-from genjobs.models import Generation
-from genjobs.replay import Action, Replayer, ReplayResult, Summary
-from genjobs.statuses import Status
+from genjobs.ops.replay import Action, Replayer, ReplayResult, Summary
+from genjobs.sql import query
 
 DEAD_LETTER_SUBSCRIPTION = "generation-jobs-dead-letter-replay"  # infra/pubsub.yaml
 PULL_BATCH = 100
@@ -44,23 +43,18 @@ class JobFilter:
 
 def select_failed(conn: Connection, selection: JobFilter) -> tuple[list[uuid.UUID], datetime]:
     """The matching failed jobs, oldest failure first, and the database's time of selection."""
-    g = Generation
-    query = select(g.id).where(g.ai_status == Status.FAILED.value)
-    if selection.task is not None:
-        query = query.where(g.task == selection.task)
-    if selection.error_code is not None:
-        query = query.where(g.error["code"].astext == selection.error_code)
-    if selection.since is not None:
-        query = query.where(g.finished_at >= selection.since)
-    if selection.until is not None:
-        query = query.where(g.finished_at < selection.until)
-    if selection.user_id is not None:
-        query = query.where(g.user_id == selection.user_id)
-    if selection.job_ids:
-        query = query.where(g.id.in_(selection.job_ids))
-    query = query.order_by(g.finished_at, g.id).limit(selection.limit)
-    selected_at: datetime = conn.execute(select(func.now())).scalar_one()
-    return list(conn.execute(query).scalars()), selected_at
+    params = {
+        "task": selection.task,
+        "error_code": selection.error_code,
+        "since": selection.since,
+        "until": selection.until,
+        "user_id": selection.user_id,
+        "any_job": not selection.job_ids,
+        "job_ids": [str(job_id) for job_id in selection.job_ids],
+        "limit": selection.limit,
+    }
+    selected_at: datetime = conn.execute(query("database_now")).scalar_one()
+    return list(conn.execute(query("select_failed_jobs"), params).scalars()), selected_at
 
 
 def replay_from_database(

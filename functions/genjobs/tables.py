@@ -1,4 +1,7 @@
-"""SQLAlchemy models: the schema Alembic migrates (never `create_all()` outside tests)."""
+"""The tables as SQLAlchemy rows: the schema Alembic migrates (never `create_all()` outside tests).
+
+The code reads and writes them through genjobs/sql/queries.sql, never through these classes.
+"""
 
 from __future__ import annotations
 
@@ -21,6 +24,7 @@ from sqlalchemy import (
 from sqlalchemy.dialects.postgresql import JSONB, UUID
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
+from genjobs.jobs import MAX_ATTEMPTS
 from genjobs.statuses import Event, Status
 
 STATUS_VALUES = ", ".join(f"'{s.value}'" for s in Status)
@@ -31,7 +35,7 @@ class Base(DeclarativeBase):
     """Declarative base for the project's tables."""
 
 
-class Generation(Base):
+class GenerationRow(Base):
     """One generation job; the database is the source of truth, messages carry only its id."""
 
     __tablename__ = "generations"
@@ -64,7 +68,7 @@ class Generation(Base):
     result: Mapped[Any | None] = mapped_column(JSONB)
     error: Mapped[dict[str, Any] | None] = mapped_column(JSONB)
     attempts: Mapped[int] = mapped_column(Integer, server_default=text("0"))
-    max_attempts: Mapped[int] = mapped_column(Integer, server_default=text("5"))
+    max_attempts: Mapped[int] = mapped_column(Integer, server_default=text(str(MAX_ATTEMPTS)))
     lease_expires_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
     published_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
     cancel_requested_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
@@ -84,7 +88,7 @@ class Generation(Base):
     finished_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
 
 
-class GenerationLog(Base):
+class GenerationLogRow(Base):
     """Append-only: one row per job event, the source of the metrics views."""
 
     __tablename__ = "generation_logs"

@@ -11,7 +11,7 @@ from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
-from genjobs.errors import GenJobsError
+from genjobs.errors import CommandLineError, GenJobsError
 
 
 def _token(args: argparse.Namespace) -> int:
@@ -46,13 +46,13 @@ def _dev(args: argparse.Namespace) -> int:
 
 
 def _replay(args: argparse.Namespace) -> int:
-    from genjobs.replay_cli import DATABASE, DEAD_LETTER, ReplayOptions, run_replay
-    from genjobs.replay_sources import JobFilter
+    from genjobs.ops.replay_cli import DATABASE, DEAD_LETTER, ReplayOptions, run_replay
+    from genjobs.ops.replay_sources import JobFilter
 
     database_filters = [args.status, args.task, args.error_code, args.since, args.until, args.user]
     source = args.source or (DATABASE if any(f is not None for f in database_filters) else None)
     if source == DEAD_LETTER and any(f is not None for f in database_filters):
-        raise UsageError(
+        raise CommandLineError(
             "--status/--task/--error-code/--since/--until/--user select from the "
             "database: use them without --from dead-letter"
         )
@@ -80,13 +80,13 @@ def _replay(args: argparse.Namespace) -> int:
 
 def _stats(args: argparse.Namespace) -> int:
     from genjobs.db import create_database
+    from genjobs.ops.stats import collect, render_text
     from genjobs.settings import load_settings
-    from genjobs.stats import collect, render_text
 
     until = args.until or datetime.now(UTC).date()
     since = args.since or until - timedelta(days=args.days - 1)
     if since > until:
-        raise UsageError(f"--since {since} is after --until {until}")
+        raise CommandLineError(f"--since {since} is after --until {until}")
     db = create_database(load_settings("cli"))
     try:
         with db.transaction() as conn:
@@ -95,15 +95,11 @@ def _stats(args: argparse.Namespace) -> int:
         db.dispose()
     print(json.dumps(report.as_dict(), indent=2) if args.json else render_text(report))
     if args.html:
-        from genjobs.stats_html import render_html
+        from genjobs.ops.stats_html import render_html
 
         Path(args.html).write_text(render_html(report), encoding="utf-8")
         print(f"HTML report written to {args.html}", file=sys.stderr)
     return 0
-
-
-class UsageError(Exception):
-    """Arguments that parse but do not make sense together."""
 
 
 def _instant(value: str) -> datetime:
@@ -244,7 +240,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
     try:
         return int(args.handler(args))
-    except UsageError as error:
+    except CommandLineError as error:
         parser.error(str(error))
     except GenJobsError as error:
         print(f"genjobs: {error.detail}", file=sys.stderr)

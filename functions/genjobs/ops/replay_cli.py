@@ -1,22 +1,21 @@
-"""`genjobs replay`: wiring, a progress line on the terminal and the summary at the end."""
+"""`genjobs replay`: wiring, tqdm's progress line on the terminal and the summary at the end."""
 
 from __future__ import annotations
 
 import json
 import os
 import sys
-import threading
-import time
 from dataclasses import dataclass
 from typing import TextIO
 
-from genjobs.replay import DEFAULT_ATTEMPT_BUDGET, Action, Replayer, ReplayResult, Summary
-from genjobs.replay_sources import DEAD_LETTER_SUBSCRIPTION, JobFilter
+from tqdm import tqdm
+
+from genjobs.jobs import MAX_ATTEMPTS
+from genjobs.ops.replay import Action, Replayer, ReplayResult, Summary
+from genjobs.ops.replay_sources import DEAD_LETTER_SUBSCRIPTION, JobFilter
 
 DATABASE = "database"
 DEAD_LETTER = "dead-letter"
-_BAR_WIDTH = 24
-_REDRAW_SECONDS = 0.1
 
 
 @dataclass(frozen=True)
@@ -26,7 +25,7 @@ class ReplayOptions:
     source: str  # DATABASE or DEAD_LETTER
     selection: JobFilter
     dry_run: bool = False
-    budget: int = DEFAULT_ATTEMPT_BUDGET
+    budget: int = MAX_ATTEMPTS
     subscription: str = DEAD_LETTER_SUBSCRIPTION
     concurrency: int = 4
     as_json: bool = False
@@ -34,61 +33,46 @@ class ReplayOptions:
 
 
 class Progress:
-    """A one-line progress bar on stderr, redrawn in place; silent when stderr is not a TTY."""
+    """tqdm's progress line on stderr, with the outcomes so far; silent when not a terminal."""
 
     def __init__(self, stream: TextIO, label: str, total: int | None = None) -> None:
-        self._stream = stream
-        self._label = label
-        self._total = total
-        self._enabled = stream.isatty()
-        self._last = 0.0
-        self._lock = threading.Lock()
+        self._bar = tqdm(
+            total=total,
+            desc=label,
+            unit="job",
+            file=stream,
+            disable=not stream.isatty(),
+            dynamic_ncols=True,
+        )
 
     def set_total(self, total: int) -> None:
         """The number of jobs, once known."""
-        self._total = total
+        self._bar.total = total
+        self._bar.refresh()
 
-    def update(self, summary: Summary, *, force: bool = False) -> None:
-        """Redraw (at most every 0.1 s unless forced)."""
-        if not self._enabled:
-            return
-        with self._lock:
-            now = time.monotonic()
-            if not force and now - self._last < _REDRAW_SECONDS:
-                return
-            self._last = now
-            self._stream.write("\r\x1b[2K" + self._line(summary))
-            self._stream.flush()
+    def update(self, summary: Summary) -> None:
+        """Advance to the summary's count (tqdm redraws at most every 0.1 s)."""
+        counts = summary.counts()
+        parts = ", ".join(f"{a.value.replace('_', ' ')} {counts[a]}" for a in Action if counts[a])
+        self._bar.set_postfix_str(parts, refresh=False)
+        self._bar.update(sum(counts.values()) - self._bar.n)
 
     def finish(self, summary: Summary) -> None:
         """Draw the final state and end the line."""
-        if self._enabled:
-            self.update(summary, force=True)
-            self._stream.write("\n")
-            self._stream.flush()
-
-    def _line(self, summary: Summary) -> str:
-        counts = summary.counts()
-        done = sum(counts.values())
-        if self._total:
-            filled = round(_BAR_WIDTH * min(done, self._total) / self._total)
-            bar = f"[{'#' * filled}{'.' * (_BAR_WIDTH - filled)}] {done}/{self._total}"
-        else:
-            bar = f"{done} messages"
-        parts = ", ".join(f"{a.value.replace('_', ' ')} {counts[a]}" for a in Action if counts[a])
-        return f"{self._label} {bar}  {parts}"
+        self.update(summary)
+        self._bar.close()
 
 
 def run_replay(options: ReplayOptions, out: TextIO | None = None, err: TextIO | None = None) -> int:
     """Replay, print the summary; exit status 1 when some job could not be handled."""
     out, err = out or sys.stdout, err or sys.stderr
     from genjobs.db import create_database
-    from genjobs.publisher import PubSubJobPublisher
-    from genjobs.replay_sources import (
+    from genjobs.ops.replay_sources import (
         DeadLetterSubscription,
         replay_from_database,
         replay_from_dead_letter,
     )
+    from genjobs.publisher import PubSubJobPublisher
     from genjobs.settings import load_settings
 
     settings = load_settings("cli")
