@@ -6,7 +6,9 @@ import hashlib
 import itertools
 import json
 import math
+import random
 import re
+import string
 import time
 import uuid
 from collections.abc import Iterable, Mapping, Sequence
@@ -19,6 +21,9 @@ _FLAG_RE: Final = re.compile(r"stub:(429|500|refuse|hang)\b")
 _SLEEP_RE: Final = re.compile(r"stub:sleep=(\d+(?:\.\d+)?|\.\d+)")
 _FAIL_RE: Final = re.compile(r"stub:fail=([45]\d\d)x(\d+)")
 _TOKENS_RE: Final = re.compile(r"stub:tokens=(\d+)")
+_PACE_RE: Final = re.compile(r"stub:pace=(\d+(?:\.\d+)?|\.\d+)")
+_CUT_RE: Final = re.compile(r"stub:cut=(\d+)(?:x(\d+))?")
+_OBFUSCATION_ALPHABET: Final = string.ascii_letters + string.digits
 _FILLER: Final = ("lorem", "ipsum", "dolor", "sit", "amet", "consectetur", "adipiscing", "elit")
 
 
@@ -117,6 +122,8 @@ class Directives:
     sleep: float = 0.0
     fail: tuple[int, int] | None = None  # (status, first N calls)
     tokens: int | None = None
+    pace_ms: float = 0.0  # time per streamed token
+    cut: tuple[int, int] | None = None  # (after N tokens, the first M calls)
 
     @classmethod
     def parse(cls, text: str) -> Directives:
@@ -125,6 +132,8 @@ class Directives:
         sleep = _SLEEP_RE.search(text)
         fail = _FAIL_RE.search(text)
         tokens = _TOKENS_RE.search(text)
+        pace = _PACE_RE.search(text)
+        cut = _CUT_RE.search(text)
         return cls(
             hang="hang" in flags,
             rate_limit="429" in flags,
@@ -133,6 +142,8 @@ class Directives:
             sleep=float(sleep.group(1)) if sleep else 0.0,
             fail=(int(fail.group(1)), int(fail.group(2))) if fail else None,
             tokens=int(tokens.group(1)) if tokens else None,
+            pace_ms=float(pace.group(1)) if pace else 0.0,
+            cut=(int(cut.group(1)), int(cut.group(2) or 1)) if cut else None,
         )
 
 
@@ -145,6 +156,7 @@ class ChatRequest:
     last_user: str
     stream: bool
     include_usage: bool
+    include_obfuscation: bool
     max_tokens: int | None
     response_format: Mapping[str, Any] | None
 
@@ -242,13 +254,14 @@ def parse_chat_request(body: object) -> ChatRequest:
             "The 'stream_options' parameter is only allowed when 'stream' is enabled.",
             param="stream_options",
         )
-    include_usage = isinstance(stream_options, dict) and stream_options.get("include_usage") is True
+    options = stream_options if isinstance(stream_options, dict) else {}
     return ChatRequest(
         model=model,
         prompt=prompt,
         last_user=last_user or prompt,
         stream=stream,
-        include_usage=include_usage,
+        include_usage=options.get("include_usage") is True,
+        include_obfuscation=options.get("include_obfuscation") is not False,  # on by default
         max_tokens=max_tokens,
         response_format=response_format,
     )
@@ -638,34 +651,53 @@ def completion_object(model: str, completion: Completion) -> dict[str, Any]:
     }
 
 
-def completion_chunks(request: ChatRequest, completion: Completion) -> list[dict[str, Any]]:
-    """The chat.completion.chunk objects of a streamed answer."""
-    chunk_id, created = f"chatcmpl-{uuid.uuid4().hex}", int(time.time())
+@dataclass(frozen=True, slots=True)
+class ChunkStream:
+    """The chat.completion.chunk objects of a streamed answer, one token per content chunk."""
 
-    def chunk(choices: list[dict[str, Any]], usage: dict[str, Any] | None = None) -> dict[str, Any]:
+    opening: dict[str, Any]  # the role chunk
+    tokens: list[dict[str, Any]]
+    closing: list[dict[str, Any]]  # finish_reason chunk, then the usage chunk if asked for
+
+
+def completion_chunks(request: ChatRequest, completion: Completion) -> ChunkStream:
+    """Chunks in the API's key order, with ``usage: null`` and ``obfuscation`` as it sends them."""
+    chunk_id, created = f"chatcmpl-{uuid.uuid4().hex}", int(time.time())
+    # The API pads each chunk's JSON to a per-stream size with random characters.
+    padded_to = random.randint(6, 16)  # noqa: S311 (padding, not security)
+
+    def chunk(
+        choices: list[dict[str, Any]], text: str = "", usage: dict[str, Any] | None = None
+    ) -> dict[str, Any]:
         body = {
             "id": chunk_id,
             "object": "chat.completion.chunk",
             "created": created,
             "model": request.model,
-            "choices": choices,
             "service_tier": "default",
             "system_fingerprint": "fp_stub",
+            "choices": choices,
         }
         if request.include_usage:
             body["usage"] = usage  # null on all but the last chunk, as the API does
+        if request.include_obfuscation:
+            size = max(1, padded_to - len(text))
+            body["obfuscation"] = "".join(random.choices(_OBFUSCATION_ALPHABET, k=size))  # noqa: S311
         return body
 
     def delta(fields: dict[str, Any], finish_reason: str | None = None) -> dict[str, Any]:
         choice = {"index": 0, "delta": fields, "logprobs": None, "finish_reason": finish_reason}
-        return chunk([choice])
+        return chunk([choice], str(fields.get("content") or ""))
 
     content = completion.content
-    starts = [m.start() for m in _TOKEN_RE.finditer(content)][4::4]  # ~4 tokens per chunk
-    bounds = [0, *starts, len(content)]
-    chunks = [delta({"role": "assistant", "content": "", "refusal": None})]
-    chunks += [delta({"content": content[a:b]}) for a, b in itertools.pairwise(bounds) if b > a]
-    chunks.append(delta({}, completion.finish_reason))
+    ends = [m.end() for m in _TOKEN_RE.finditer(content)]
+    bounds = [0, *ends[:-1], len(content)]  # each piece: one token with its leading space
+    pieces = [content[a:b] for a, b in itertools.pairwise(bounds) if b > a]
+    closing = [delta({}, completion.finish_reason)]
     if request.include_usage:
-        chunks.append(chunk([], completion.usage()))
-    return chunks
+        closing.append(chunk([], "usage", completion.usage()))
+    return ChunkStream(
+        opening=delta({"role": "assistant", "content": "", "refusal": None}),
+        tokens=[delta({"content": piece}) for piece in pieces],
+        closing=closing,
+    )

@@ -60,6 +60,7 @@ class StubCall(TypedDict):
     stream: bool
     status: int | None  # None while in flight (or abandoned at shutdown); 499: client left
     at: float
+    cut: bool  # stub:cut dropped this call's connection mid-answer
 
 
 # ---------------------------------------------------------------- state and server
@@ -105,6 +106,7 @@ class _State:
         self._calls: deque[StubCall] = deque(maxlen=MAX_RECORDED_CALLS)
         self._next_id = 1
         self._attempts: dict[str, int] = {}
+        self._answers: dict[str, int] = {}  # what stub:cut=NxM counts
 
     def record(self, request: ChatRequest) -> StubCall:
         """Record an arriving call (status filled in later)."""
@@ -116,6 +118,7 @@ class _State:
                 stream=request.stream,
                 status=None,
                 at=time.time(),
+                cut=False,
             )
             self._next_id += 1
             self._calls.append(call)
@@ -133,6 +136,18 @@ class _State:
             self._attempts[prompt] = count
         return count
 
+    def answered(self, prompt: str) -> int:
+        """Count one more answer (past any scripted failure) to this exact prompt; 1-based."""
+        with self._lock:
+            count = self._answers.get(prompt, 0) + 1
+            self._answers[prompt] = count
+        return count
+
+    def mark_cut(self, call: StubCall) -> None:
+        """Record that stub:cut dropped this call."""
+        with self._lock:
+            call["cut"] = True
+
     def calls(self, contains: str | None = None) -> list[StubCall]:
         """Copies of the recorded calls, oldest first."""
         with self._lock:
@@ -143,10 +158,11 @@ class _State:
             ]
 
     def reset(self) -> None:
-        """Forget recorded calls and stub:fail counters."""
+        """Forget recorded calls and stub:fail / stub:cut counters."""
         with self._lock:
             self._calls.clear()
             self._attempts.clear()
+            self._answers.clear()
 
 
 class _Server(ThreadingHTTPServer):
@@ -355,11 +371,17 @@ class _Handler(BaseHTTPRequestHandler):
             raise failure
 
         completion = complete(request, directives)
+        cut_after = self._cut_after(request, directives)
         # Recorded before sending: the client may look at the calls as soon as it has the answer.
         state.finish(call, 200)
+        if cut_after is not None:
+            state.mark_cut(call)
         try:
             if request.stream:
-                self._send_stream(request, completion)
+                if not self._send_stream(request, completion, directives.pace_ms, cut_after):
+                    state.finish(call, None if state.stopping.is_set() else 499)
+            elif cut_after is not None:
+                self._drop_connection()  # a non-streamed answer is lost whole
             else:
                 self._send_json(200, completion_object(request.model, completion))
         except ConnectionError:
@@ -379,6 +401,19 @@ class _Handler(BaseHTTPRequestHandler):
         if directives.refuse:
             return refusal_error()
         return None
+
+    def _cut_after(self, request: ChatRequest, directives: Directives) -> int | None:
+        """After how many tokens stub:cut drops this call, if it is one of the first M."""
+        if directives.cut is None:
+            return None
+        after, times = directives.cut
+        return after if self._server.state.answered(request.prompt) <= times else None
+
+    def _drop_connection(self) -> None:
+        """Close the socket mid-response, as a failing network or proxy would."""
+        self.close_connection = True
+        with contextlib.suppress(OSError):
+            self.connection.shutdown(socket.SHUT_RDWR)
 
     def _wait(self, seconds: float) -> bool:
         """Wait; False early if the server is stopping or the client has gone."""
@@ -426,19 +461,38 @@ class _Handler(BaseHTTPRequestHandler):
         except ConnectionError:
             self.close_connection = True
 
-    def _send_stream(self, request: ChatRequest, completion: Completion) -> None:
-        """A chat.completion.chunk SSE stream ending with ``data: [DONE]``."""
+    def _send_stream(
+        self, request: ChatRequest, completion: Completion, pace_ms: float, cut_after: int | None
+    ) -> bool:
+        """A chat.completion.chunk SSE stream ending with ``data: [DONE]``; False if cut short.
+
+        A cut stops before the finish chunk even when the answer has N tokens or fewer, so the
+        client always sees a broken stream (no terminating HTTP chunk), never a clean end.
+        """
+        stream = completion_chunks(request, completion)
         self._headers(200, "text/event-stream; charset=utf-8", {"Cache-Control": "no-cache"})
         self.send_header("Transfer-Encoding", "chunked")
         self.end_headers()
-        for chunk in completion_chunks(request, completion):
-            self._write_chunk(f"data: {json.dumps(chunk, ensure_ascii=False)}\n\n".encode())
+        self._write_event(stream.opening)
+        for sent, token in enumerate(stream.tokens):
+            if sent == cut_after:
+                break
+            if pace_ms > 0 and not self._wait(pace_ms / 1000):
+                self._drop_connection()  # the client left, or the server is stopping
+                return False
+            self._write_event(token)
+        if cut_after is not None:
+            self._drop_connection()
+            return True  # answered as scripted; the call record says cut
+        for chunk in stream.closing:
+            self._write_event(chunk)
         # One write with the final chunk: the SDK closes right after [DONE] without reading on.
         self.wfile.write(_chunk(b"data: [DONE]\n\n") + b"0\r\n\r\n")
+        return True
 
-    def _write_chunk(self, data: bytes) -> None:
-        """Send one HTTP/1.1 chunk."""
-        self.wfile.write(_chunk(data))
+    def _write_event(self, chunk: dict[str, Any]) -> None:
+        """Send one ``data:`` event as one HTTP/1.1 chunk."""
+        self.wfile.write(_chunk(f"data: {json.dumps(chunk, ensure_ascii=False)}\n\n".encode()))
 
 
 def _chunk(data: bytes) -> bytes:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import json
 import os
 import signal
@@ -157,6 +158,157 @@ def test_tokens_directive(client: OpenAI) -> None:
     capped = ask(client, "stub:tokens=50 go", max_completion_tokens=10)
     assert capped.usage.completion_tokens == 10
     assert capped.choices[0].finish_reason == "length"
+
+
+# ---------------------------------------------------------------- streaming (a real process)
+
+
+@pytest.fixture(scope="module")
+def stub_process() -> Iterator[str]:
+    """The stub model as its own process (python -m devstack.stub_model); yields its /v1 URL."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "devstack.stub_model", "--quiet", "--port", str(port)],
+        cwd=ROOT,
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert proc.stdout is not None
+        assert proc.stdout.readline().startswith("stub model ready:")
+        yield f"http://127.0.0.1:{port}/v1"
+    finally:
+        proc.terminate()
+        proc.wait(timeout=10)
+
+
+@pytest.fixture
+def streaming(stub_process: str) -> Iterator[OpenAI]:
+    httpx.post(stub_process.removesuffix("/v1") + "/_stub/reset")
+    with OpenAI(base_url=stub_process, api_key="stub", max_retries=0, timeout=10) as c:
+        yield c
+
+
+def stream(client: OpenAI, text: str, **kwargs: Any) -> Any:
+    return ask(client, text, stream=True, stream_options={"include_usage": True}, **kwargs)
+
+
+def stub_calls(client: OpenAI, contains: str) -> list[dict[str, Any]]:
+    root = str(client.base_url).rstrip("/").removesuffix("/v1")
+    calls: list[dict[str, Any]] = httpx.get(
+        f"{root}/_stub/calls", params={"contains": contains}
+    ).json()
+    return calls
+
+
+def test_stream_wire_format_is_the_apis(stub_process: str) -> None:
+    body = {
+        "model": "gpt-4o-mini",
+        "messages": [{"role": "user", "content": "wire stub:tokens=3"}],
+        "stream": True,
+        "stream_options": {"include_usage": True},
+    }
+    auth = {"Authorization": "Bearer k"}
+    url = f"{stub_process}/chat/completions"
+    with httpx.stream("POST", url, json=body, headers=auth) as resp:
+        assert resp.headers["content-type"].startswith("text/event-stream")
+        raw = resp.read().decode()
+    events = raw.split("\n\n")
+    assert events[-2:] == ["data: [DONE]", ""]
+    chunks = [json.loads(e.removeprefix("data: ")) for e in events[:-2]]
+    assert all(e.startswith("data: {") for e in events[:-2])
+    keys = ["id", "object", "created", "model", "service_tier", "system_fingerprint", "choices"]
+    assert all(list(c)[:7] == keys and list(c)[7:] == ["usage", "obfuscation"] for c in chunks)
+    assert chunks[0]["choices"][0]["delta"] == {"role": "assistant", "content": "", "refusal": None}
+    tokens = [c["choices"][0]["delta"]["content"] for c in chunks[1:4]]
+    assert tokens == ["Stub", " answer", ":"]  # one token per chunk, leading space kept
+    assert chunks[4]["choices"] == [
+        {"index": 0, "delta": {}, "logprobs": None, "finish_reason": "stop"}
+    ]
+    assert chunks[5]["choices"] == [] and chunks[5]["usage"]["completion_tokens"] == 3
+    assert all(c["usage"] is None for c in chunks[:5])
+    assert all(isinstance(c["obfuscation"], str) and c["obfuscation"] for c in chunks)
+    body["stream_options"] = {"include_obfuscation": False}
+    plain = httpx.post(url, json=body, headers=auth).text.split("\n\n")[:-2]
+    assert all(set(json.loads(e[6:])) == set(keys) for e in plain)  # no usage, no obfuscation
+
+
+def test_stream_pace_and_usage(streaming: OpenAI) -> None:
+    arrivals: list[float] = []
+    chunks = []
+    for chunk in stream(streaming, "paced stub:tokens=20 stub:pace=50"):
+        arrivals.append(time.monotonic())
+        chunks.append(chunk)
+    content = [c for c in chunks if c.choices and c.choices[0].delta.content]
+    assert len(content) == 20
+    assert count_tokens("".join(c.choices[0].delta.content for c in content)) == 20
+    assert chunks[-1].choices == [] and chunks[-1].usage.completion_tokens == 20
+    spread = arrivals[-1] - arrivals[0]
+    assert spread >= 0.9, spread  # 20 tokens at 50 ms each, not one burst
+    gaps = sorted(b - a for a, b in itertools.pairwise(arrivals[1:21]))  # token to token
+    assert gaps[len(gaps) // 2] >= 0.04, gaps  # the median gap is the pace
+
+
+def test_stream_cut_is_a_broken_stream_then_transient(streaming: OpenAI) -> None:
+    prompt = "cut me stub:tokens=30 stub:pace=5 stub:cut=7"
+    received: list[str] = []
+    with pytest.raises(openai.APIConnectionError) as info:
+        for chunk in stream(streaming, prompt):
+            if chunk.choices and chunk.choices[0].delta.content:
+                received.append(chunk.choices[0].delta.content)
+    assert isinstance(info.value.__cause__, Exception)
+    assert "incomplete chunked read" in str(info.value.__cause__)
+    assert len(received) == 7
+    whole = list(stream(streaming, prompt))  # the retry of the same prompt streams whole
+    assert whole[-1].usage.completion_tokens == 30
+    text = "".join(c.choices[0].delta.content or "" for c in whole if c.choices)
+    assert text.startswith("".join(received))
+    assert [c["cut"] for c in stub_calls(streaming, "cut me")] == [True, False]
+
+
+def test_stream_cut_past_the_end_still_breaks(streaming: OpenAI) -> None:
+    received = []
+    with pytest.raises(openai.APIConnectionError):
+        for chunk in stream(streaming, "short stub:tokens=4 stub:cut=99"):
+            received.append(chunk)
+    assert len([c for c in received if c.choices and c.choices[0].delta.content]) == 4
+    assert all(c.choices and c.choices[0].finish_reason is None for c in received)
+
+
+def test_cut_several_calls_and_not_streamed(streaming: OpenAI) -> None:
+    prompt = "twice stub:cut=0x2"
+    for _ in range(2):
+        with pytest.raises(openai.APIConnectionError):
+            ask(streaming, prompt)  # a non-streamed answer is lost whole
+    assert ask(streaming, prompt).choices[0].finish_reason == "stop"
+    assert [c["cut"] for c in stub_calls(streaming, "twice")] == [True, True, False]
+
+
+def test_errors_before_a_stream_are_http_errors(streaming: OpenAI) -> None:
+    with pytest.raises(openai.RateLimitError) as info:
+        stream(streaming, "stub:429 stub:pace=10")
+    assert info.value.response.headers["retry-after"] == "1"
+    with pytest.raises(openai.InternalServerError):
+        stream(streaming, "once stub:fail=500x1 stub:cut=2")
+    with pytest.raises(openai.APIConnectionError):  # stub:cut counts answers, not failures
+        list(stream(streaming, "once stub:fail=500x1 stub:cut=2"))
+    assert list(stream(streaming, "once stub:fail=500x1 stub:cut=2"))[-1].usage is not None
+    started = time.monotonic()
+    first = next(iter(stream(streaming, "late stub:sleep=0.3")))
+    assert time.monotonic() - started >= 0.3
+    assert first.choices[0].delta.role == "assistant"
+
+
+def test_client_closing_a_stream_stops_the_answer(streaming: OpenAI) -> None:
+    chunks = stream(streaming, "long stub:tokens=500 stub:pace=20")
+    assert len(list(itertools.islice(chunks, 3))) == 3
+    chunks.close()  # what the worker does when a cancel arrives
+    deadline = time.monotonic() + 3
+    while stub_calls(streaming, "long")[0]["status"] != 499 and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert stub_calls(streaming, "long")[0]["status"] == 499  # stopped long before 10 s
 
 
 # ---------------------------------------------------------------- structured output
