@@ -92,7 +92,7 @@ def db(settings: Settings) -> Iterator[Database]:
 def clean_db(db: Database) -> Database:
     """The database with no jobs left by earlier tests."""
     with db.transaction() as conn:
-        conn.execute(text("TRUNCATE generation_logs, generations"))
+        conn.execute(text("TRUNCATE generation_deltas, generation_logs, generations"))
     return db
 
 

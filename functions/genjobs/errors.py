@@ -211,10 +211,29 @@ class ModelUnavailable(RetryLater):
     title = "Model temporarily unavailable"
 
     def __init__(
-        self, detail: str | None = None, *, retry_after: float = 5, error_code: str = ""
+        self,
+        detail: str | None = None,
+        *,
+        retry_after: float = 5,
+        error_code: str = "",
+        usage: Usage | None = None,
     ) -> None:
         super().__init__(detail, retry_after=retry_after)
         self.error_code = error_code or self.code
+        # What a stream billed before it broke (it counts against budgets).
+        self.usage = usage
+
+
+class StreamStopped(GenJobsError):
+    """The attempt lost its job while the model streamed (cancelled, taken over): stopped."""
+
+    code = "stream_stopped"
+    title = "Generation stopped"
+
+    def __init__(self, usage: Usage) -> None:
+        super().__init__("the attempt no longer owns the job")
+        # What the model billed up to the stop (it counts against budgets).
+        self.usage = usage
 
 
 # --- The job cannot succeed: record and stop --------------------------------------------
