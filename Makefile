@@ -7,7 +7,7 @@ STAMP := $(VENV)/.installed
 CHECKOV_VENV := .venv-checkov
 CHECKOV_STAMP := $(CHECKOV_VENV)/.installed
 
-.PHONY: run test token lint typecheck unit migrate bench clean
+.PHONY: run test token lint typecheck jstest unit migrate bench clean
 
 # Installs quietly, on stderr, so `TOKEN=$$(make token)` captures only the token.
 $(STAMP): requirements.txt requirements-dev.txt pyproject.toml
@@ -27,8 +27,14 @@ $(CHECKOV_STAMP): requirements-checkov.txt
 run: $(STAMP) ## api, worker, dead_letter, sweeper, Pub/Sub emulator, stub model, embedded Postgres
 	$(BIN)/genjobs dev
 
-test: lint typecheck $(CHECKOV_STAMP) ## ruff, mypy, then every test (checkov over infra/ included)
+test: lint typecheck jstest $(CHECKOV_STAMP) ## ruff, mypy, the browser client's tests, then every test (checkov included)
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
+
+# The browser client's tests need Node (>= 20); without it they are skipped, loudly, except in CI.
+jstest:
+	@if command -v node >/dev/null; then node --test clients/js/genjobs.test.js; \
+	elif [ -n "$$CI" ]; then echo "CI: node is required for clients/js tests" >&2; exit 1; \
+	else echo "*** SKIPPED clients/js tests: install Node.js >= 20 to run them ***" >&2; fi
 
 token: $(STAMP) ## print an access token for the demo user
 	@$(BIN)/genjobs token

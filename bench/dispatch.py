@@ -68,8 +68,8 @@ def emulator_baseline(stack: Stack, size: Size) -> Latencies:
     client = publisher(stack)
     topic = client.topic_path(PROJECT, JOBS_TOPIC)
     stack.supervisor.pause("worker")
-    wait_for_close(stack.ports.worker, timeout=10)
-    server = ThreadingHTTPServer(("127.0.0.1", stack.ports.worker), Recorder)
+    wait_for_close(stack.ports.worker_container, timeout=10)
+    server = ThreadingHTTPServer(("127.0.0.1", stack.ports.worker_container), Recorder)
     threading.Thread(target=server.serve_forever, daemon=True).start()
     latencies = []
     try:

@@ -15,6 +15,7 @@ from devstack.database import prepare_database
 from devstack.scheduler import LocalScheduler
 from devstack.signing import load_or_create_key
 from devstack.supervisor import ROOT, Service, Supervisor, function_service
+from genjobs.settings import LOCAL_PUSH_SERVICE_ACCOUNT, LOCAL_SCHEDULER_SERVICE_ACCOUNT
 
 TOPOLOGY = ROOT / "infra" / "pubsub.yaml"
 WORKER_SUBSCRIPTION = "generation-jobs-worker"
@@ -24,7 +25,11 @@ STUB_API_KEY = "local-stub-key"
 
 @dataclass(frozen=True)
 class Ports:
-    """Where each local process listens (DESIGN.md's fixed local contract)."""
+    """Where each local process listens (DESIGN.md's fixed local contract).
+
+    worker, dead_letter and sweeper are the Cloud Run-like front end's ports (their URLs and
+    token audiences); the functions themselves listen on the `*_container` ports behind it.
+    """
 
     api: int = 8080
     worker: int = 8081
@@ -33,6 +38,9 @@ class Ports:
     pubsub: int = 8085
     pubsub_http: int = 8086
     stub_model: int = 8090
+    worker_container: int = 18081
+    dead_letter_container: int = 18082
+    sweeper_container: int = 18083
 
     @classmethod
     def from_env(cls, env: Mapping[str, str]) -> Ports:
@@ -46,6 +54,9 @@ class Ports:
             "pubsub": "PUBSUB_EMULATOR_PORT",
             "pubsub_http": "PUBSUB_EMULATOR_HTTP_PORT",
             "stub_model": "STUB_MODEL_PORT",
+            "worker_container": "WORKER_CONTAINER_PORT",
+            "dead_letter_container": "DEAD_LETTER_CONTAINER_PORT",
+            "sweeper_container": "SWEEPER_CONTAINER_PORT",
         }
         return cls(**{k: int(env.get(v, getattr(defaults, k))) for k, v in names.items()})
 
@@ -68,10 +79,35 @@ class StackConfig:
     sweep_interval: float = 5.0
 
 
+def _worker_subscription(topology: Path) -> dict[str, Any]:
+    document: dict[str, Any] = yaml.safe_load(topology.read_text())
+    subscription: dict[str, Any] = document["subscriptions"][WORKER_SUBSCRIPTION]
+    return subscription
+
+
 def ack_deadline_seconds(topology: Path = TOPOLOGY) -> int:
     """The worker subscription's ack deadline: the one place the timing budget starts."""
-    document: dict[str, Any] = yaml.safe_load(topology.read_text())
-    return int(document["subscriptions"][WORKER_SUBSCRIPTION]["ack_deadline_seconds"])
+    return int(_worker_subscription(topology)["ack_deadline_seconds"])
+
+
+def retry_min_backoff_seconds(topology: Path = TOPOLOGY) -> int:
+    """The worker subscription's minimum backoff (`10s` in the topology), in seconds."""
+    return int(str(_worker_subscription(topology)["retry_policy"]["minimum_backoff"]).rstrip("s"))
+
+
+def cloud_run_frontend(config: StackConfig, timeouts: Mapping[str, float]) -> Service:
+    """What Cloud Run puts before the private functions: the invoker check (see the module)."""
+    p = config.ports
+    invokers = {
+        "worker": (LOCAL_PUSH_SERVICE_ACCOUNT, p.worker, p.worker_container),
+        "dead_letter": (LOCAL_PUSH_SERVICE_ACCOUNT, p.dead_letter, p.dead_letter_container),
+        "sweeper": (LOCAL_SCHEDULER_SERVICE_ACCOUNT, p.sweeper, p.sweeper_container),
+    }
+    argv = [sys.executable, "-m", "devstack.cloud_run_frontend"]
+    argv += ["--signing-key", str(config.signing_key)]
+    for name, (invoker, port, container) in invokers.items():
+        argv += ["--service", f"{name}={port}:{container}:{timeouts[name]:g}:{invoker}"]
+    return Service("cloud-run", argv, p.worker)
 
 
 def build_services(config: StackConfig) -> list[Service]:
@@ -85,6 +121,7 @@ def build_services(config: StackConfig) -> list[Service]:
         "PUBSUB_EMULATOR_HOST": f"127.0.0.1:{p.pubsub}",
         "PUSH_CERTS_URL": f"http://127.0.0.1:{p.pubsub_http}/oauth2/v3/certs",
         "ACK_DEADLINE_SECONDS": str(ack_deadline_seconds()),
+        "RETRY_MIN_BACKOFF_SECONDS": str(retry_min_backoff_seconds()),
         # Locally the sweeper runs every few seconds, so it may act sooner than in the cloud.
         "SWEEP_PUBLISH_GRACE_SECONDS": "5",
         **config.env,
@@ -113,20 +150,26 @@ def build_services(config: StackConfig) -> list[Service]:
             *config.stub_flags,
         ]
         services.append(Service("stub-model", stub_argv, p.stub_model))
+    # Behind the front end, as on Cloud Run: the audience is the front end's URL.
+    private = {**common, "PLATFORM_INVOKER_CHECK": "true"}
     worker_env = {
-        **common,
+        **private,
         **model_env,
         "PUSH_AUDIENCE": url(p.worker),
         "THREADS": str(config.worker_threads),
         **config.worker_env,
     }
+    ack_deadline = float(worker_env["ACK_DEADLINE_SECONDS"])
     services += [
         function_service("api", p.api, common),
-        function_service("worker", p.worker, worker_env),
+        function_service("worker", p.worker_container, worker_env),
         function_service(
-            "dead_letter", p.dead_letter, {**common, "PUSH_AUDIENCE": url(p.dead_letter)}
+            "dead_letter", p.dead_letter_container, {**private, "PUSH_AUDIENCE": url(p.dead_letter)}
         ),
-        function_service("sweeper", p.sweeper, {**common, "PUSH_AUDIENCE": url(p.sweeper)}),
+        function_service(
+            "sweeper", p.sweeper_container, {**private, "PUSH_AUDIENCE": url(p.sweeper)}
+        ),
+        cloud_run_frontend(config, {"worker": ack_deadline, "dead_letter": 60, "sweeper": 60}),
     ]
     return services
 
@@ -153,6 +196,7 @@ def banner(config: StackConfig) -> str:
    worker        http://127.0.0.1:{p.worker}      (Pub/Sub push only)
    dead_letter   http://127.0.0.1:{p.dead_letter}
    sweeper       http://127.0.0.1:{p.sweeper}      (every {config.sweep_interval:g}s)
+                 (these three behind a Cloud Run-like invoker check, as deployed)
    Pub/Sub       emulator on 127.0.0.1:{p.pubsub} (PUBSUB_EMULATOR_HOST)
    model         {model}
    database      {_safe_url(config.database_url)}

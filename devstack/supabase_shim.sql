@@ -31,5 +31,9 @@ AS $$
   )::uuid
 $$;
 
--- Supabase grants the API roles broad table privileges by default; the migration must narrow them.
+-- As Supabase's initial schema (supabase/postgres, migrations/db/init-scripts/
+-- 00000000000000-initial-schema.sql) configures it: every table, sequence and function the
+-- migrating role creates in public is granted to the API roles; the migrations must narrow them.
 ALTER DEFAULT PRIVILEGES IN SCHEMA public GRANT ALL ON TABLES TO anon, authenticated, service_role;
+ALTER DEFAULT PRIVILEGES IN SCHEMA public GRANT ALL ON FUNCTIONS TO anon, authenticated, service_role;
+ALTER DEFAULT PRIVILEGES IN SCHEMA public GRANT ALL ON SEQUENCES TO anon, authenticated, service_role;

@@ -45,6 +45,7 @@ def _push_verifier(settings: Settings) -> Any:
         audience=settings.push_audience or "",
         allowed_emails=settings.push_service_accounts,
         certs_url=settings.push_certs_url,
+        platform_checked=settings.platform_invoker_check,
     )
 
 

@@ -32,7 +32,7 @@ resource "google_cloudfunctions2_function" "this" {
     ingress_settings                 = each.value.public ? "ALLOW_ALL" : "ALLOW_INTERNAL_ONLY"
     all_traffic_on_latest_revision   = true
     service_account_email            = google_service_account.function[each.key].email
-    environment_variables            = { for name, value in merge(local.common_env, local.function_env[each.key]) : name => tostring(value) if value != null }
+    environment_variables            = { for name, value in merge(local.common_env, local.private_function_env[each.key], local.function_env[each.key]) : name => tostring(value) if value != null }
 
     dynamic "secret_environment_variables" {
       for_each = local.mounted_secrets[each.key]
@@ -60,9 +60,7 @@ resource "google_cloudfunctions2_function" "this" {
     }
   }
 
-  depends_on = [
-    google_project_iam_member.build,
-    google_storage_bucket_iam_member.build_source,
-    google_secret_manager_secret_iam_member.access,
-  ]
+  # A new project: the build and runtime identities must hold their grants (and IAM must have
+  # propagated them) before the first build reads the source or a revision mounts a secret.
+  depends_on = [time_sleep.iam_propagation]
 }

@@ -45,6 +45,17 @@ resource "google_secret_manager_secret_iam_member" "access" {
   member    = "serviceAccount:${google_service_account.function[each.value.function].email}"
 }
 
+# The Pub/Sub service agent is created lazily by Google; on a new project a grant to it fails
+# with "service account does not exist" unless it is provisioned first.
+resource "google_project_service_identity" "pubsub" {
+  provider = google-beta
+
+  project = var.project_id
+  service = "pubsub.googleapis.com"
+
+  depends_on = [google_project_service.this]
+}
+
 # Dead-lettering: the Pub/Sub service agent forwards undeliverable messages, so it publishes to
 # each dead-letter topic and acknowledges on each subscription that has a dead-letter policy.
 resource "google_pubsub_topic_iam_member" "dead_letter_publisher" {
@@ -114,4 +125,17 @@ resource "google_storage_bucket_iam_member" "build_source" {
   bucket = google_storage_bucket.source.name
   role   = "roles/storage.objectViewer"
   member = "serviceAccount:${google_service_account.build.email}"
+}
+
+# IAM is eventually consistent: a grant can take a minute or more to be honoured. The first
+# build (source bucket, builder role) and the first revision (secrets) wait for the grants
+# they need, so a first `terraform apply` on a new project succeeds in one go.
+resource "time_sleep" "iam_propagation" {
+  create_duration = "90s"
+
+  triggers = {
+    build         = join(",", [for m in google_project_iam_member.build : m.id])
+    build_source  = google_storage_bucket_iam_member.build_source.id
+    secret_access = join(",", [for m in google_secret_manager_secret_iam_member.access : m.id])
+  }
 }

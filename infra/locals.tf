@@ -4,7 +4,8 @@ locals {
   topology = yamldecode(file("${path.module}/pubsub.yaml"))
 
   project_number = data.google_project.this.number
-  pubsub_agent   = "serviceAccount:service-${local.project_number}@gcp-sa-pubsub.iam.gserviceaccount.com"
+  # From the resource that makes Google create the agent, so no grant can come before it.
+  pubsub_agent = "serviceAccount:${google_project_service_identity.pubsub.email}"
 
   # Push endpoint name (as written in the topology) -> the push subscription's ack deadline.
   # Two subscriptions pushing to one function fail here on purpose (duplicate key).
@@ -27,6 +28,8 @@ locals {
   # The worker's push request lasts at most its subscription's ack deadline: the code derives
   # the job lease (ack - margin) and the longest task timeout (lease - margin) from it.
   ack_deadline_seconds = local.push_ack_deadline["worker"]
+  # The worker defers a rate-limited job instead of nacking when Retry-After exceeds this.
+  retry_min_backoff_seconds = tonumber(trimsuffix(local.topology.subscriptions[local.worker_subscription].retry_policy.minimum_backoff, "s"))
 
   # Keyed by the names the topology and the code use; `name` is the function (and Cloud Run
   # service) name, `entry_point` the function in functions/main.py.
@@ -72,6 +75,12 @@ locals {
   # max_overflow = 0), so this is the most connections the functions can open together.
   db_connections = sum([for name, s in var.scaling : s.max_instances * s.concurrency])
 
+  # Behind Cloud Run's invoker check (no public binding, see iam.tf) a function gets tokens
+  # whose signature Cloud Run removed after verifying them; this tells it to accept those.
+  private_function_env = {
+    for key, fn in local.functions : key => { PLATFORM_INVOKER_CHECK = !fn.public }
+  }
+
   # Environment of every function; names are checked against genjobs.settings by the tests.
   # Values that are null are left out, so the code's defaults apply.
   common_env = {
@@ -94,11 +103,12 @@ locals {
       DAILY_TOKEN_BUDGET    = var.api_limits.daily_token_budget
     }
     worker = {
-      THREADS               = var.scaling["worker"].concurrency
-      DB_POOL_SIZE          = var.scaling["worker"].concurrency
-      PUSH_AUDIENCE         = local.function_urls["worker"]
-      PUSH_SERVICE_ACCOUNTS = google_service_account.push.email
-      OPENAI_BASE_URL       = var.openai_base_url
+      THREADS                   = var.scaling["worker"].concurrency
+      DB_POOL_SIZE              = var.scaling["worker"].concurrency
+      PUSH_AUDIENCE             = local.function_urls["worker"]
+      PUSH_SERVICE_ACCOUNTS     = google_service_account.push.email
+      OPENAI_BASE_URL           = var.openai_base_url
+      RETRY_MIN_BACKOFF_SECONDS = local.retry_min_backoff_seconds
     }
     dead_letter = {
       THREADS               = var.scaling["dead_letter"].concurrency

@@ -7,9 +7,18 @@ terraform {
       source  = "hashicorp/google"
       version = ">= 6.0, < 8.0"
     }
+    # google_project_service_identity (the Pub/Sub service agent) exists only in google-beta.
+    google-beta = {
+      source  = "hashicorp/google-beta"
+      version = ">= 6.0, < 8.0"
+    }
     archive = {
       source  = "hashicorp/archive"
       version = ">= 2.4, < 3.0"
+    }
+    time = {
+      source  = "hashicorp/time"
+      version = ">= 0.11, < 1.0"
     }
   }
 
@@ -27,6 +36,11 @@ provider "google" {
     environment = var.environment
     managed-by  = "terraform"
   }
+}
+
+provider "google-beta" {
+  project = var.project_id
+  region  = var.region
 }
 
 data "google_project" "this" {

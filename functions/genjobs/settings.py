@@ -61,6 +61,9 @@ class Settings:
     push_audience: str | None = None
     push_service_accounts: tuple[str, ...] = ()
     push_certs_url: str = GOOGLE_CERTS_URL
+    # Cloud Run's invoker check runs in front (Terraform sets this beside the invoker bindings):
+    # tokens whose signature it removed are accepted on their claims.
+    platform_invoker_check: bool = False
 
     # HTTP api.
     allowed_origins: tuple[str, ...] = ("http://localhost:3000", "http://localhost:5173")
@@ -216,6 +219,7 @@ _PLAIN: dict[str, tuple[str, Callable[[str], object], str]] = {
     "PUSH_AUDIENCE": ("push_audience", str, "a URL"),
     "PUSH_SERVICE_ACCOUNTS": ("push_service_accounts", _csv, "comma-separated emails"),
     "PUSH_CERTS_URL": ("push_certs_url", _url, "an http(s) URL"),
+    "PLATFORM_INVOKER_CHECK": ("platform_invoker_check", _bool, "true or false"),
     "ALLOWED_ORIGINS": ("allowed_origins", _csv, "comma-separated origins"),
     "MAX_BODY_BYTES": ("max_body_bytes", _positive_int, "a positive integer"),
     "MAX_METADATA_BYTES": ("max_metadata_bytes", _positive_int, "a positive integer"),
@@ -300,6 +304,12 @@ def _check_cloud_requirements(settings: Settings, role: Role, reader: _Reader) -
         "PUSH_SERVICE_ACCOUNTS": settings.push_service_accounts,
         "OPENAI_API_KEY": settings.openai_api_key,
     }
+    if settings.platform_invoker_check and not reader.raw("K_SERVICE"):
+        # Cloud Run sets K_SERVICE; anywhere else nothing checks the token before the function.
+        reader.problems.append(
+            "PLATFORM_INVOKER_CHECK=true but this is not Cloud Run (K_SERVICE is unset): "
+            "nothing in front would have checked the tokens"
+        )
     for name in _REQUIRED_IN_CLOUD[role]:
         if not present.get(name):
             suffix = " (or OPENAI_API_KEY_SECRET)" if name == "OPENAI_API_KEY" else ""

@@ -295,6 +295,10 @@ def test_errors_before_a_stream_are_http_errors(streaming: OpenAI) -> None:
     with pytest.raises(openai.APIConnectionError):  # stub:cut counts answers, not failures
         list(stream(streaming, "once stub:fail=500x1 stub:cut=2"))
     assert list(stream(streaming, "once stub:fail=500x1 stub:cut=2"))[-1].usage is not None
+    with pytest.raises(openai.InternalServerError):
+        stream(streaming, "stub:500 stub:pace=10")
+    with pytest.raises(openai.APITimeoutError):
+        stream(streaming.with_options(timeout=0.3), "stub:hang stub:pace=10")
     started = time.monotonic()
     first = next(iter(stream(streaming, "late stub:sleep=0.3")))
     assert time.monotonic() - started >= 0.3

@@ -205,6 +205,8 @@ def test_terraform_steps_use_the_environment_files(env: str) -> None:
     assert init[0] == "init"
     assert "-backend-config=envs/${_ENV}.backend.hcl" in init
     assert "-backend-config=bucket=${_STATE_BUCKET}" in init
+    # Providers exactly as the committed infra/.terraform.lock.hcl pins them.
+    assert "-lockfile=readonly" in init
     assert step("terraform-validate")["args"] == ["validate"]
     plan = step("terraform-plan")["args"]
     assert plan[0] == "plan"

@@ -6,6 +6,7 @@ import ast
 import fnmatch
 import functools
 import re
+import subprocess
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -15,6 +16,8 @@ import hcl2
 import pytest
 import yaml
 
+from devstack.dev import retry_min_backoff_seconds
+from genjobs.errors import ConfigurationError
 from genjobs.settings import Role, load_settings, setting_names
 from genjobs.tasks import TASKS
 
@@ -301,9 +304,7 @@ def test_pubsub_service_agent_can_dead_letter() -> None:
     """The service agent publishes to dead-letter topics and acks the source subscriptions."""
     tf = terraform()
     agent = expr(tf.locals["pubsub_agent"])
-    assert agent == (
-        "serviceAccount:service-${local.project_number}@gcp-sa-pubsub.iam.gserviceaccount.com"
-    )
+    assert agent == "serviceAccount:${google_project_service_identity.pubsub.email}"
     topics = expr(tf.locals["dead_letter_topics"])
     assert "sub.dead_letter_policy.dead_letter_topic" in topics
     assert "local.topology.subscriptions" in topics
@@ -365,6 +366,7 @@ def function_env_names(function: str) -> set[str]:
     tf = terraform()
     return (
         set(tf.locals["common_env"])
+        | {"PLATFORM_INVOKER_CHECK"}
         | set(tf.locals["function_env"][function])
         | set(tf.locals["function_secrets"][function])
     )
@@ -382,8 +384,8 @@ def test_function_env_names_exist_in_settings() -> None:
         assert not unknown, f"{function}: {sorted(unknown)} are not read by genjobs.settings"
     service = block(tf.resource("google_cloudfunctions2_function", "this"), "service_config")
     assert expr(service["environment_variables"]) == (
-        "{for name, value in merge(local.common_env, local.function_env[each.key]) :"
-        " name => tostring(value) if value != null}"
+        "{for name, value in merge(local.common_env, local.private_function_env[each.key],"
+        " local.function_env[each.key]) : name => tostring(value) if value != null}"
     )
     assert tf.locals["common_env"]["GENJOBS_ENV"] == "cloud"
 
@@ -406,6 +408,8 @@ SAMPLE_VALUES = {
     "PUSH_AUDIENCE": "https://genjobs-worker-123456789012.europe-west1.run.app",
     "PUSH_SERVICE_ACCOUNTS": "genjobs-pubsub-push@genjobs-staging.iam.gserviceaccount.com",
     "OPENAI_BASE_URL": "https://api.openai.com/v1",
+    "PLATFORM_INVOKER_CHECK": "true",
+    "RETRY_MIN_BACKOFF_SECONDS": "10",
     "DATABASE_URL": "postgresql://postgres.ref:pw@aws-0-eu-west-1.pooler.supabase.com:6543/postgres",
     "OPENAI_API_KEY": "sk-test",
     "SUPABASE_JWT_SECRET": "a-legacy-hs256-secret-of-at-least-32-characters",
@@ -420,6 +424,7 @@ def test_each_function_starts_in_cloud_mode_with_what_terraform_sets(function: s
     assert not missing_samples, f"add sample values for {missing_samples}"
     env = {name: SAMPLE_VALUES[name] for name in names if name in SAMPLE_VALUES}
     env["ACK_DEADLINE_SECONDS"] = str(worker_ack_deadline())
+    env["K_SERVICE"] = f"genjobs-{function}"  # Cloud Run sets it on every instance
     settings = load_settings(cast(Role, function), env)
     assert settings.environment == "cloud"
     assert settings.database_url is not None
@@ -556,6 +561,96 @@ def test_only_the_api_is_public() -> None:
     invokers = tf.of_kind("google_cloud_run_service_iam_member")
     assert set(invokers) == {"push_invoker", "scheduler_invoker", "api_public"}
     assert all(body["role"] == "roles/run.invoker" for body in invokers.values())
+
+
+def test_trust_model_the_function_and_terraform_agree_on() -> None:
+    """Unsigned tokens are trusted exactly where Cloud Run's invoker check is on.
+
+    A function told PLATFORM_INVOKER_CHECK=true accepts tokens whose signature Cloud Run
+    removed: that must be exactly the functions with no public invoker binding (so Cloud Run
+    checks every caller) and internal ingress; the public api never trusts one.
+    """
+    tf = terraform()
+    assert expr(tf.locals["private_function_env"]) == (
+        "{for key, fn in local.functions : key => {PLATFORM_INVOKER_CHECK = !fn.public}}"
+    )
+    private = {name for name, fn in tf.locals["functions"].items() if not fn["public"]}
+    assert private == {"worker", "dead_letter", "sweeper"}
+    # Each private function has a named invoker (test_only_the_api_is_public: no other binding).
+    push = tf.resource("google_cloud_run_service_iam_member", "push_invoker")
+    assert expr(push["service"]) == "google_cloudfunctions2_function.this[each.key].name"
+    assert {*topology_push_targets(), "sweeper"} == private
+    assert "PLATFORM_INVOKER_CHECK" not in tf.locals["common_env"]
+    for name in FUNCTIONS:
+        assert "PLATFORM_INVOKER_CHECK" not in tf.locals["function_env"][name]
+    # The code accepts the setting only on Cloud Run, and the deployed value turns it on.
+    cloud = {
+        "GENJOBS_ENV": "cloud",
+        "DATABASE_URL": SAMPLE_VALUES["DATABASE_URL"],
+        "PUSH_AUDIENCE": SAMPLE_VALUES["PUSH_AUDIENCE"],
+        "PUSH_SERVICE_ACCOUNTS": SAMPLE_VALUES["PUSH_SERVICE_ACCOUNTS"],
+        "PLATFORM_INVOKER_CHECK": "true",
+    }
+    assert load_settings("dead_letter", {**cloud, "K_SERVICE": "x"}).platform_invoker_check
+    with pytest.raises(ConfigurationError, match="K_SERVICE is unset"):
+        load_settings("dead_letter", cloud)
+
+
+def topology_push_targets() -> list[str]:
+    """The functions the topology pushes to."""
+    return [sub["push_endpoint"] for sub in push_subscriptions().values()]
+
+
+def test_retry_min_backoff_comes_from_the_topology() -> None:
+    """The worker's RETRY_MIN_BACKOFF_SECONDS is the jobs subscription's minimum backoff."""
+    tf = terraform()
+    assert expr(tf.locals["function_env"]["worker"]["RETRY_MIN_BACKOFF_SECONDS"]) == (
+        "local.retry_min_backoff_seconds"
+    )
+    assert expr(tf.locals["retry_min_backoff_seconds"]) == (
+        "tonumber(trimsuffix(local.topology.subscriptions[local.worker_subscription]"
+        '.retry_policy.minimum_backoff, "s"))'
+    )
+    (sub,) = [s for s in push_subscriptions().values() if s["push_endpoint"] == "worker"]
+    backoff = seconds(sub["retry_policy"]["minimum_backoff"])
+    assert retry_min_backoff_seconds() == backoff  # what the local stack passes
+    assert load_settings("cli", {}).retry_min_backoff_seconds == backoff  # the code's default
+
+
+def test_first_apply_creates_grants_before_what_needs_them() -> None:
+    """A new project in one apply: agent before its grants, grants (propagated) before builds."""
+    tf = terraform()
+    identity = tf.resource("google_project_service_identity", "pubsub")
+    assert expr(identity["provider"]) == "google-beta"
+    assert identity["service"] == "pubsub.googleapis.com"
+    assert [expr(d) for d in identity["depends_on"]] == ["google_project_service.this"]
+    functions = tf.resource("google_cloudfunctions2_function", "this")
+    assert [expr(d) for d in functions["depends_on"]] == ["time_sleep.iam_propagation"]
+    wait = tf.resource("time_sleep", "iam_propagation")
+    assert seconds(wait["create_duration"]) >= 60
+    triggers = {name: expr(value) for name, value in wait["triggers"].items()}
+    assert "google_project_iam_member.build" in triggers["build"]
+    assert triggers["build_source"] == "google_storage_bucket_iam_member.build_source.id"
+    assert "google_secret_manager_secret_iam_member.access" in triggers["secret_access"]
+    providers = {
+        name: p[name]["source"]
+        for t in tf.terraform
+        for p in t.get("required_providers", [])
+        for name in p
+    }
+    assert providers["google-beta"] == "hashicorp/google-beta"
+    assert providers["time"] == "hashicorp/time"
+
+
+def test_provider_lock_file_is_committed_not_ignored() -> None:
+    """The first init writes infra/.terraform.lock.hcl; git keeps it and CI never rewrites it."""
+    ignored = subprocess.run(
+        ["git", "check-ignore", "-q", "infra/.terraform.lock.hcl"], cwd=ROOT, check=False
+    )
+    assert ignored.returncode == 1, "infra/.terraform.lock.hcl must not be git-ignored"
+    readme = (INFRA / "README.md").read_text()
+    assert "terraform providers lock" in readme
+    assert "git add infra/.terraform.lock.hcl" in readme
 
 
 def test_iam_grants_are_narrow() -> None:

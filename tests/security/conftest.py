@@ -304,13 +304,12 @@ class SecurityStack(Stack):
         )
 
     def function_url(self, name: str) -> str:
-        """The URL (and OIDC audience) of worker, dead_letter or sweeper."""
-        ports = {
-            "worker": self.ports.worker,
-            "dead_letter": self.ports.dead_letter,
-            "sweeper": self.ports.sweeper,
-        }
-        return f"http://127.0.0.1:{ports[name]}/"
+        """The URL (and OIDC audience) of worker, dead_letter or sweeper: the front end's."""
+        return f"http://127.0.0.1:{getattr(self.ports, name)}/"
+
+    def container_url(self, name: str) -> str:
+        """Where the function itself listens, behind the Cloud Run-like front end."""
+        return f"http://127.0.0.1:{getattr(self.ports, name + '_container')}/"
 
     def google_token(self, claims: Mapping[str, Any]) -> str:
         """An OIDC token signed with the key the functions trust (the emulator's)."""

@@ -192,3 +192,53 @@ def test_shared_key_cache_is_used(server: JwksServer, key: rsa.RSAPrivateKey) ->
 def test_misconfiguration_fails_fast(kwargs: dict[str, Any]) -> None:
     with pytest.raises(ConfigurationError):
         ServiceTokenVerifier(**kwargs)
+
+
+def unsigned(authorization: str) -> str:
+    """As Cloud Run forwards a token after its invoker check verified it."""
+    return authorization.rpartition(".")[0] + ".SIGNATURE_REMOVED_BY_GOOGLE"
+
+
+@pytest.fixture
+def behind_cloud_run(server: JwksServer) -> ServiceTokenVerifier:
+    return ServiceTokenVerifier(
+        audience=AUDIENCE,
+        allowed_emails=[PUSH_EMAIL],
+        certs_url=server.certs_url,
+        platform_checked=True,
+    )
+
+
+def test_unsigned_token_is_refused_unless_the_platform_checked_it(
+    verifier: ServiceTokenVerifier, key: rsa.RSAPrivateKey
+) -> None:
+    with pytest.raises(Unauthenticated, match="token is not signed"):
+        verifier.verify(unsigned(sign(key, claims())))
+
+
+def test_behind_cloud_run_the_claims_of_an_unsigned_token_decide(
+    behind_cloud_run: ServiceTokenVerifier, key: rsa.RSAPrivateKey
+) -> None:
+    identity = behind_cloud_run.verify(unsigned(sign(key, claims())))
+    assert identity.email == PUSH_EMAIL
+    with pytest.raises(Unauthenticated, match="audience"):
+        behind_cloud_run.verify(unsigned(sign(key, claims(aud="https://other.example/"))))
+    with pytest.raises(Unauthenticated, match="expired"):
+        behind_cloud_run.verify(unsigned(sign(key, claims(exp=int(time.time()) - 300))))
+    with pytest.raises(Unauthenticated, match="issuer"):
+        behind_cloud_run.verify(unsigned(sign(key, claims(iss="https://evil.example"))))
+    with pytest.raises(Forbidden):
+        behind_cloud_run.verify(unsigned(sign(key, claims(email="x@evil.example"))))
+    with pytest.raises(Forbidden):
+        behind_cloud_run.verify(unsigned(sign(key, claims(email_verified=False))))
+
+
+def test_behind_cloud_run_a_signed_token_is_still_verified_in_full(
+    behind_cloud_run: ServiceTokenVerifier, key: rsa.RSAPrivateKey
+) -> None:
+    assert behind_cloud_run.verify(sign(key, claims())).email == PUSH_EMAIL
+    stranger = rsa.generate_private_key(public_exponent=65537, key_size=2048)
+    with pytest.raises(Unauthenticated):
+        behind_cloud_run.verify(sign(stranger, claims()))
+    with pytest.raises(Unauthenticated, match="algorithm"):
+        behind_cloud_run.verify(unsigned(sign(LOCAL_JWT_SECRET, claims(), alg="HS256")))
