@@ -43,6 +43,10 @@ EXPECTED: dict[tuple[str, str], dict[str, frozenset[str]]] = {
         **USER_READS,
         "service_role": frozenset(TABLE_PRIVILEGES),
     },
+    ("table", "public.generation_deltas"): {
+        **USER_READS,
+        "service_role": frozenset(TABLE_PRIVILEGES),
+    },
     ("view", "public.generation_daily_metrics"): BACKEND_ONLY_VIEW,
     ("view", "public.generation_error_codes"): BACKEND_ONLY_VIEW,
     ("view", "public.generation_job_facts"): BACKEND_ONLY_VIEW,
