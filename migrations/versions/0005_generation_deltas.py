@@ -63,7 +63,9 @@ def upgrade() -> None:
             server_default=sa.text("now()"),
             nullable=False,
         ),
-        sa.UniqueConstraint("generation_id", "attempt", "seq", name="generation_deltas_attempt_seq"),
+        sa.UniqueConstraint(
+            "generation_id", "attempt", "seq", name="generation_deltas_attempt_seq"
+        ),
     )
     op.create_index("generation_deltas_generation", "generation_deltas", ["generation_id", "id"])
     op.execute("ALTER TABLE generation_deltas ENABLE ROW LEVEL SECURITY")
