@@ -80,6 +80,8 @@ class Settings:
     # heartbeat when idle so proxies keep it open.
     stream_flush_ms: int = 200
     stream_poll_ms: int = 250
+    # Until a stream's first text arrives, it polls this often (time to first token).
+    stream_first_poll_ms: int = 50
     stream_max_seconds: int = 50
     stream_heartbeat_seconds: int = 15
     max_streams_per_user: int = 5
@@ -228,6 +230,7 @@ _PLAIN: dict[str, tuple[str, Callable[[str], object], str]] = {
     "DAILY_TOKEN_BUDGET": ("daily_token_budget", _positive_int, "a positive integer"),
     "STREAM_FLUSH_MS": ("stream_flush_ms", _positive_int, "a positive integer"),
     "STREAM_POLL_MS": ("stream_poll_ms", _positive_int, "a positive integer"),
+    "STREAM_FIRST_POLL_MS": ("stream_first_poll_ms", _positive_int, "a positive integer"),
     "STREAM_MAX_SECONDS": ("stream_max_seconds", _positive_int, "a positive integer"),
     "STREAM_HEARTBEAT_SECONDS": ("stream_heartbeat_seconds", _positive_int, "a positive integer"),
     "MAX_STREAMS_PER_USER": ("max_streams_per_user", _positive_int, "a positive integer"),

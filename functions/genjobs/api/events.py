@@ -114,6 +114,7 @@ class JobEvents:
             return
         yield f"retry: {RECONNECT_MS}\n\n".encode()
         started = last_sent = self._clock()
+        text_seen = False
         s = self._settings
         while self._clock() - started < s.stream_max_seconds:
             with self._db.transaction() as conn:
@@ -130,8 +131,12 @@ class JobEvents:
             elif self._clock() - last_sent >= s.stream_heartbeat_seconds:
                 yield b": keep-alive\n\n"
                 last_sent = self._clock()
+            if any(r.event is None for r in rows):
+                text_seen = True
             if len(rows) < BATCH:
-                self._sleep(s.stream_poll_ms / 1000)
+                # Until the first text the wait is what a user feels most: poll faster then.
+                poll_ms = s.stream_poll_ms if text_seen else s.stream_first_poll_ms
+                self._sleep(poll_ms / 1000)
 
 
 def _ends(row: store.StreamEvent) -> bool:
