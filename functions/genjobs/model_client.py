@@ -200,6 +200,20 @@ class ModelClient:
             with stream:
                 for chunk in stream:
                     text = answer.add(chunk)
+                    if not _storable(text):
+                        raise InvalidAnswer(
+                            "the answer has text Postgres cannot store (NUL or unpaired "
+                            "surrogates)",
+                            error_code="invalid_model_output",
+                            usage=answer.usage(),
+                        )
+                    if answer.size > self._max_output_bytes:
+                        # Refused as soon as it is too long: no more text is written or paid for.
+                        raise InvalidAnswer(
+                            f"the answer is over {self._max_output_bytes} bytes",
+                            error_code="output_too_large",
+                            usage=answer.usage(),
+                        )
                     if text and not on_text(text):
                         raise StreamStopped(answer.usage())
                     if time.monotonic() > deadline:
@@ -466,6 +480,7 @@ class _StreamedAnswer:
         self.parts: list[str] = []
         self.refusal: list[str] = []
         self.chunks = 0
+        self.size = 0  # bytes of text so far
         self.finish_reason: str | None = None
         self.final_usage: Any = None
 
@@ -484,6 +499,7 @@ class _StreamedAnswer:
         if text:
             self.chunks += 1
             self.parts.append(text)
+            self.size += len(text.encode())
         return text
 
     def usage(self) -> Usage:
