@@ -93,7 +93,7 @@ def db(settings: Settings) -> Iterator[Database]:
 def clean_db(db: Database) -> Database:
     """The database with no jobs left by earlier tests."""
     with db.transaction() as conn:
-        conn.execute(text("TRUNCATE generation_logs, generations"))
+        conn.execute(text("TRUNCATE generation_deltas, generation_logs, generations"))
     return db
 
 
@@ -129,7 +129,14 @@ def stack(stack_database_url: str, tmp_path_factory: pytest.TempPathFactory) -> 
         ports=free_ports(),
         # Pub/Sub's 10 s..600 s backoff, scaled down so retries and dead-lettering take seconds.
         emulator_flags=("--backoff-scale", "0.01"),
-        env={"LOG_LEVEL": "INFO", "DB_POOL_SIZE": "5", "SWEEP_PUBLISH_GRACE_SECONDS": "2"},
+        env={
+            "LOG_LEVEL": "INFO",
+            "DB_POOL_SIZE": "5",
+            "SWEEP_PUBLISH_GRACE_SECONDS": "2",
+            # Short enough for the streaming tests to see a heartbeat and a stream's end.
+            "STREAM_HEARTBEAT_SECONDS": "1",
+            "STREAM_MAX_SECONDS": "8",
+        },
         worker_threads=32,
         sweep_interval=0.5,
     )

@@ -206,6 +206,30 @@ class ModelUnavailable(RetryLater):
     code = "model_unavailable"
     title = "Model temporarily unavailable"
 
+    def __init__(
+        self,
+        detail: str | None = None,
+        *,
+        retry_after: float = 5,
+        code: str | None = None,
+        usage: Usage | None = None,
+    ) -> None:
+        super().__init__(detail, retry_after=retry_after, code=code)
+        # What a stream billed before it broke (it counts against budgets).
+        self.usage = usage
+
+
+class StreamStopped(GenJobsError):
+    """The attempt lost its job while the model streamed (cancelled, taken over): stopped."""
+
+    code = "stream_stopped"
+    title = "Generation stopped"
+
+    def __init__(self, usage: Usage) -> None:
+        super().__init__("the attempt no longer owns the job")
+        # What the model billed up to the stop (it counts against budgets).
+        self.usage = usage
+
 
 # --- The job cannot succeed: record and stop --------------------------------------------
 

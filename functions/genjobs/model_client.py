@@ -7,11 +7,18 @@ import json
 import re
 import threading
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Protocol
 
-from genjobs.errors import ConfigurationError, InvalidModelOutput, ModelRefused, ModelUnavailable
+from genjobs.errors import (
+    ConfigurationError,
+    InvalidModelOutput,
+    ModelRefused,
+    ModelUnavailable,
+    PermanentFailure,
+    StreamStopped,
+)
 from genjobs.jobs import Usage
 from genjobs.secrets import Secret
 from genjobs.settings import Settings
@@ -57,6 +64,17 @@ class SupportsGenerate(Protocol):
         """One model call for `task`, or a ModelUnavailable / ModelRefused / InvalidModelOutput."""
         ...
 
+    def stream(
+        self,
+        task: Task,
+        messages: Sequence[Message],
+        *,
+        timeout: float,
+        on_text: Callable[[str], bool],
+    ) -> ModelAnswer:
+        """`generate`, handing text to `on_text` as it comes; its False raises StreamStopped."""
+        ...
+
 
 class ModelClient:
     """The real openai SDK, built lazily once per instance, with the SDK's retries off."""
@@ -100,10 +118,7 @@ class ModelClient:
                 self._client = OpenAI(api_key=key, base_url=self._base_url, max_retries=0)
             return self._client
 
-    def _complete(self, task: Task, messages: Sequence[Message], timeout: float) -> ChatCompletion:
-        import openai
-        from openai.types.chat import ChatCompletion
-
+    def _body(self, task: Task, messages: Sequence[Message]) -> dict[str, Any]:
         body: dict[str, Any] = {
             "model": task.model,
             "messages": list(messages),
@@ -114,6 +129,12 @@ class ModelClient:
                 "type": "json_schema",
                 "json_schema": {"name": task.name, "schema": task.output_schema, "strict": True},
             }
+        return body
+
+    def _complete(self, task: Task, messages: Sequence[Message], timeout: float) -> ChatCompletion:
+        import openai
+        from openai.types.chat import ChatCompletion
+
         client = self._openai()
         try:
             # The SDK's documented way to send a body as it is: `chat.completions.create` first
@@ -121,12 +142,85 @@ class ModelClient:
             # pushes) to rename and reformat fields these plain strings and numbers don't have.
             return client.post(
                 "/chat/completions",
-                body=body,
+                body=self._body(task, messages),
                 cast_to=ChatCompletion,
                 options={"timeout": timeout, "security": {"bearer_auth": True}},
             )
         except openai.APIError as error:
             raise map_api_error(error, secret=self._api_key) from None
+
+    def stream(
+        self,
+        task: Task,
+        messages: Sequence[Message],
+        *,
+        timeout: float,
+        on_text: Callable[[str], bool],
+    ) -> ModelAnswer:
+        """One streamed chat completion; each piece of text goes to `on_text` as it arrives.
+
+        `on_text` answering False stops the call: the stream is closed (the model stops
+        generating, so spending stops) and StreamStopped carries what was billed so far.
+        """
+        import httpx
+        import openai
+        from openai import Stream
+        from openai.types.chat import ChatCompletion, ChatCompletionChunk
+
+        body = {
+            **self._body(task, messages),
+            "stream": True,
+            "stream_options": {"include_usage": True},
+        }
+        answer = _StreamedAnswer(task.model, _prompt_estimate(messages))
+        deadline = time.monotonic() + timeout
+        try:
+            stream = self._openai().post(
+                "/chat/completions",
+                body=body,
+                cast_to=ChatCompletion,
+                stream=True,
+                stream_cls=Stream[ChatCompletionChunk],
+                options={"timeout": timeout, "security": {"bearer_auth": True}},
+            )
+            with stream:
+                for chunk in stream:
+                    text = answer.add(chunk)
+                    if not _storable(text):
+                        raise InvalidModelOutput(
+                            "the answer has text Postgres cannot store (NUL or unpaired "
+                            "surrogates)",
+                            code="invalid_model_output",
+                            usage=answer.usage(),
+                        )
+                    if answer.size > self._max_output_bytes:
+                        # Refused as soon as it is too long: no more text is written or paid for.
+                        raise InvalidModelOutput(
+                            f"the answer is over {self._max_output_bytes} bytes",
+                            code="output_too_large",
+                            usage=answer.usage(),
+                        )
+                    if text and not on_text(text):
+                        raise StreamStopped(answer.usage())
+                    if time.monotonic() > deadline:
+                        raise ModelUnavailable(
+                            "the model call timed out",
+                            code="model_timeout",
+                            usage=answer.usage(),
+                        )
+        except openai.APIError as error:
+            mapped = map_api_error(error, secret=self._api_key)
+            if isinstance(mapped, ModelUnavailable | PermanentFailure):
+                mapped.usage = answer.usage() if answer.chunks else None
+            raise mapped from None
+        except httpx.TransportError:
+            # The connection dropped (or stalled past the timeout) mid-stream: transient.
+            raise ModelUnavailable(
+                "the model stream broke off",
+                code="model_connection_error",
+                usage=answer.usage(),
+            ) from None
+        return self._read(task, answer.completion())
 
     def _read(self, task: Task, completion: ChatCompletion) -> ModelAnswer:
         usage = _usage(completion, task)
@@ -357,3 +451,80 @@ def _usage(completion: ChatCompletion, task: Task) -> Usage:
         prompt_tokens=usage.prompt_tokens if usage else 0,
         completion_tokens=usage.completion_tokens if usage else 0,
     )
+
+
+class _StreamedAnswer:
+    """Chunks of a streamed completion, put together as the completion they add up to."""
+
+    def __init__(self, model: str, prompt_estimate: int) -> None:
+        self.model = model
+        self.prompt_estimate = prompt_estimate
+        self.parts: list[str] = []
+        self.refusal: list[str] = []
+        self.chunks = 0
+        self.size = 0  # bytes of text so far
+        self.finish_reason: str | None = None
+        self.final_usage: Any = None
+
+    def add(self, chunk: Any) -> str:
+        """Take one chunk; the text it adds ("" for none)."""
+        self.model = chunk.model or self.model
+        if chunk.usage is not None:
+            self.final_usage = chunk.usage
+        if not chunk.choices:
+            return ""
+        choice = chunk.choices[0]
+        self.finish_reason = choice.finish_reason or self.finish_reason
+        if choice.delta.refusal:
+            self.refusal.append(choice.delta.refusal)
+        text: str = choice.delta.content or ""
+        if text:
+            self.chunks += 1
+            self.parts.append(text)
+            self.size += len(text.encode())
+        return text
+
+    def usage(self) -> Usage:
+        """What the model billed: its own figures once sent, else an estimate of the stream
+        so far (about one token per content chunk, the prompt by its length)."""
+        if self.final_usage is not None:
+            return Usage(
+                self.model, self.final_usage.prompt_tokens, self.final_usage.completion_tokens
+            )
+        return Usage(self.model, self.prompt_estimate, self.chunks)
+
+    def completion(self) -> ChatCompletion:
+        """The whole answer, as the non-streaming call would have returned it."""
+        from openai.types.chat import ChatCompletion
+
+        usage = self.usage()
+        return ChatCompletion.model_validate(
+            {
+                "id": "streamed",
+                "object": "chat.completion",
+                "created": 0,
+                "model": self.model,
+                "choices": [
+                    {
+                        "index": 0,
+                        "finish_reason": self.finish_reason or "stop",
+                        "message": {
+                            "role": "assistant",
+                            "content": "".join(self.parts),
+                            "refusal": "".join(self.refusal) or None,
+                        },
+                    }
+                ],
+                "usage": {
+                    "prompt_tokens": usage.prompt_tokens,
+                    "completion_tokens": usage.completion_tokens,
+                    "total_tokens": usage.prompt_tokens + usage.completion_tokens,
+                },
+            }
+        )
+
+
+def _prompt_estimate(messages: Sequence[Message]) -> int:
+    """Prompt tokens by length (about four characters a token, plus each message's framing),
+    for a stream cut before the model sent its usage."""
+    return sum(len(m.get("content", "")) // 4 + 4 for m in messages)

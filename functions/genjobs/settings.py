@@ -80,6 +80,21 @@ class Settings:
     max_active_jobs: int = 20
     daily_token_budget: int = 200_000
 
+    # Streaming. The worker writes text at most every flush interval: 200 ms reads as
+    # continuous typing yet bounds a running job to 5 writes a second. An SSE stream polls the
+    # database every poll interval (one query), ends after its longest duration (inside the
+    # api's 60 s request timeout; clients resume with Last-Event-ID) and sends a comment
+    # heartbeat when idle so proxies keep it open.
+    stream_flush_ms: int = 200
+    stream_poll_ms: int = 250
+    # Until a stream's first text arrives, it polls this often (time to first token).
+    stream_first_poll_ms: int = 50
+    stream_max_seconds: int = 50
+    stream_heartbeat_seconds: int = 15
+    max_streams_per_user: int = 5
+    # Streamed text is kept this long after a job ends (to resume), then the sweeper deletes it.
+    stream_retention_seconds: int = 600
+
     # Worker timing: task timeout < lease < ack deadline (checked in `check_timing`).
     ack_deadline_seconds: int = 300
     lease_margin_seconds: int = 30
@@ -220,6 +235,13 @@ _PLAIN: dict[str, tuple[str, Callable[[str], object], str]] = {
     "SUBMITS_PER_MINUTE": ("submits_per_minute", _positive_int, "a positive integer"),
     "MAX_ACTIVE_JOBS": ("max_active_jobs", _positive_int, "a positive integer"),
     "DAILY_TOKEN_BUDGET": ("daily_token_budget", _positive_int, "a positive integer"),
+    "STREAM_FLUSH_MS": ("stream_flush_ms", _positive_int, "a positive integer"),
+    "STREAM_POLL_MS": ("stream_poll_ms", _positive_int, "a positive integer"),
+    "STREAM_FIRST_POLL_MS": ("stream_first_poll_ms", _positive_int, "a positive integer"),
+    "STREAM_MAX_SECONDS": ("stream_max_seconds", _positive_int, "a positive integer"),
+    "STREAM_HEARTBEAT_SECONDS": ("stream_heartbeat_seconds", _positive_int, "a positive integer"),
+    "MAX_STREAMS_PER_USER": ("max_streams_per_user", _positive_int, "a positive integer"),
+    "STREAM_RETENTION_SECONDS": ("stream_retention_seconds", _positive_int, "a positive integer"),
     "ACK_DEADLINE_SECONDS": ("ack_deadline_seconds", _positive_int, "a positive integer"),
     "LEASE_MARGIN_SECONDS": ("lease_margin_seconds", _positive_int, "a positive integer"),
     "RETRY_MIN_BACKOFF_SECONDS": ("retry_min_backoff_seconds", _positive_int, "a positive integer"),

@@ -344,3 +344,75 @@ def _job_from_json(value: Any) -> Job:
         if data.get(key) is not None:
             data[key] = datetime.fromisoformat(data[key])
     return Job.from_row(data)
+
+
+@dataclass(frozen=True)
+class StreamEvent:
+    """A row of a job's event log or streamed text, in SSE id order."""
+
+    id: int
+    event: Event | None  # None for streamed text
+    status: Status | None
+    attempt: int
+    seq: int | None
+    text: str | None
+    usage: Usage | None
+    error_code: str | None
+
+
+def append_delta(
+    conn: Connection, job: Job, seq: int, text: str, lease_seconds: float
+) -> int | None:
+    """Store streamed text of the attempt that owns the job and renew its lease; else None."""
+    params = {
+        "id": job.id,
+        "attempt": job.attempts,
+        "seq": seq,
+        "text": text,
+        "lease_seconds": lease_seconds,
+    }
+    written = conn.execute(query("append_delta"), params).scalar()
+    return int(written) if written is not None else None
+
+
+def charge_usage(conn: Connection, job_id: uuid.UUID, usage: Usage) -> None:
+    """Bill tokens whose outcome was not written to the job's user (budgets count them)."""
+    conn.execute(
+        query("charge_usage"),
+        {
+            "id": job_id,
+            "model": usage.model,
+            "prompt_tokens": usage.prompt_tokens,
+            "completion_tokens": usage.completion_tokens,
+        },
+    )
+
+
+def events_since(conn: Connection, job_id: uuid.UUID, after: int, limit: int) -> list[StreamEvent]:
+    """The job's events and streamed text after SSE id `after`, oldest first."""
+    rows = conn.execute(query("job_events_since"), {"id": job_id, "after": after, "limit": limit})
+    events = []
+    for row in rows.mappings():
+        usage = None
+        if row["prompt_tokens"] is not None or row["completion_tokens"] is not None:
+            usage = Usage(
+                row["model"] or "", row["prompt_tokens"] or 0, row["completion_tokens"] or 0
+            )
+        events.append(
+            StreamEvent(
+                id=int(row["id"]),
+                event=Event(row["event"]) if row["event"] is not None else None,
+                status=Status(row["ai_status"]) if row["ai_status"] is not None else None,
+                attempt=int(row["attempt"]),
+                seq=row["seq"],
+                text=row["text"],
+                usage=usage,
+                error_code=row["error_code"],
+            )
+        )
+    return events
+
+
+def last_event_id(conn: Connection, job_id: uuid.UUID) -> int:
+    """The SSE id of the job's newest event."""
+    return int(conn.execute(query("last_event_id"), {"id": job_id}).scalar_one())

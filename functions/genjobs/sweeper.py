@@ -52,6 +52,7 @@ class SweepCounts:
     leases_failed: int = 0
     published: int = 0
     publish_failed: int = 0
+    stream_rows_deleted: int = 0
 
 
 class Sweeper:
@@ -93,6 +94,10 @@ class Sweeper:
                     {"max_age": s.max_job_age_seconds, "batch": s.sweep_batch_size},
                 ).scalar_one()
             )
+            # Text streamed by jobs that ended a while ago: no client resumes those any more.
+            swept = conn.execute(
+                query("sweep_stream_text"), {"retention_seconds": s.stream_retention_seconds}
+            ).rowcount
         with self._db.transaction() as conn:
             moved = conn.execute(query("sweep_expired_leases"), {"batch": s.sweep_batch_size}).all()
             due = conn.execute(
@@ -111,6 +116,7 @@ class Sweeper:
             leases_failed=plan.leases_failed,
             published=published,
             publish_failed=failed,
+            stream_rows_deleted=swept,
         )
         if counts != SweepCounts():
             log.info("sweep: %s", asdict(counts))

@@ -117,3 +117,30 @@ class GenerationLogRow(Base):
     created_at: Mapped[datetime] = mapped_column(
         DateTime(timezone=True), server_default=text("now()")
     )
+
+
+class GenerationDeltaRow(Base):
+    """Text a running attempt streamed; kept while a client may still resume, then swept."""
+
+    __tablename__ = "generation_deltas"
+    __table_args__ = (
+        UniqueConstraint("generation_id", "attempt", "seq", name="generation_deltas_attempt_seq"),
+        Index("generation_deltas_generation", "generation_id", "id"),
+    )
+
+    # From the log's sequence: a job's events and deltas share one order (its SSE ids).
+    id: Mapped[int] = mapped_column(
+        BigInteger,
+        primary_key=True,
+        server_default=text("nextval('generation_logs_id_seq'::regclass)"),
+    )
+    generation_id: Mapped[uuid.UUID] = mapped_column(
+        UUID(as_uuid=True), ForeignKey("generations.id", ondelete="CASCADE")
+    )
+    user_id: Mapped[uuid.UUID] = mapped_column(UUID(as_uuid=True))
+    attempt: Mapped[int] = mapped_column(Integer)
+    seq: Mapped[int] = mapped_column(Integer)
+    content: Mapped[str] = mapped_column("text", Text)
+    created_at: Mapped[datetime] = mapped_column(
+        DateTime(timezone=True), server_default=text("now()")
+    )

@@ -13,8 +13,8 @@ from sqlalchemy import Connection
 from genjobs import retry, store
 from genjobs.crashpoints import crash_point
 from genjobs.db import Database
-from genjobs.errors import ModelUnavailable, PermanentFailure
-from genjobs.jobs import Job
+from genjobs.errors import ModelUnavailable, PermanentFailure, StreamStopped
+from genjobs.jobs import Job, Usage
 from genjobs.model_client import ModelAnswer, SupportsGenerate
 from genjobs.push import (
     PushAnswer,
@@ -28,6 +28,7 @@ from genjobs.push import (
 from genjobs.settings import Settings
 from genjobs.statuses import Event, Status
 from genjobs.store import Delivery, Outcome, Refusal
+from genjobs.streaming import DeltaWriter
 from genjobs.tasks.base import Message, Task
 
 log = logging.getLogger(__name__)
@@ -144,9 +145,16 @@ class Worker:
         timeout = min(task.timeout_seconds, self._settings.max_task_timeout_seconds)
         started = self._clock()
         try:
-            answer = self._model.generate(task, messages, timeout=timeout)
+            answer = self._call_model(job, task, messages, timeout)
             crash_point("after_model_call")
+        except StreamStopped as stopped:
+            # Cancelled or taken over while streaming: the call was closed, its tokens billed.
+            self._charge(job, stopped.usage)
+            log.info("model stream stopped: the attempt lost the job", extra=_extra(job, delivery))
+            return job_answer(job, "stopped")
         except Exception as error:
+            if isinstance(error, ModelUnavailable) and error.usage is not None:
+                self._charge(job, error.usage)
             decision = retry.decide(error, self._settings)
             if decision.action is retry.Action.FAIL:
                 billed = error.usage if isinstance(error, PermanentFailure) else None
@@ -161,6 +169,29 @@ class Worker:
             return self._retry(job, delivery, error, decision, self._since(started))
         outcome = Outcome.succeeded(stored_result(task, answer), answer.usage, self._since(started))
         return self._finish(job, delivery, outcome)
+
+    def _call_model(
+        self, job: Job, task: Task, messages: list[Message], timeout: float
+    ) -> ModelAnswer:
+        """Free-text tasks stream (clients follow the text); structured ones answer whole."""
+        if task.output_schema is not None:
+            return self._model.generate(task, messages, timeout=timeout)
+        writer = DeltaWriter(
+            self._db,
+            job,
+            flush_seconds=self._settings.stream_flush_ms / 1000,
+            lease_seconds=self._settings.lease_seconds,
+            clock=self._clock,
+        )
+        answer = self._model.stream(task, messages, timeout=timeout, on_text=writer)
+        if not writer.flush():
+            raise StreamStopped(answer.usage)
+        return answer
+
+    def _charge(self, job: Job, usage: Usage) -> None:
+        """Bill a call whose outcome is not written with the job (budgets count it)."""
+        with self._db.transaction() as conn:
+            store.charge_usage(conn, job.id, usage)
 
     def _retry(
         self,

@@ -37,9 +37,15 @@ BACKEND_ONLY_VIEW = {"anon": NONE, "authenticated": NONE, "service_role": frozen
 UNREACHABLE = dict.fromkeys(API_ROLES, NONE)
 
 # Every object the migrations create, with what each API role may do to it.
+NO_ONE = {"anon": NONE, "authenticated": NONE, "service_role": NONE}
+
 EXPECTED: dict[tuple[str, str], dict[str, frozenset[str]]] = {
     ("table", "public.generations"): {**USER_READS, "service_role": frozenset(TABLE_PRIVILEGES)},
     ("table", "public.generation_logs"): {
+        **USER_READS,
+        "service_role": frozenset(TABLE_PRIVILEGES),
+    },
+    ("table", "public.generation_deltas"): {
         **USER_READS,
         "service_role": frozenset(TABLE_PRIVILEGES),
     },
@@ -51,6 +57,10 @@ EXPECTED: dict[tuple[str, str], dict[str, frozenset[str]]] = {
         "authenticated": NONE,
         "service_role": frozenset({"USAGE", "SELECT"}),
     },
+    # Realtime's broadcast triggers (migration 0006): nobody calls them but the triggers.
+    ("function", "genjobs.job_view(uuid)"): NO_ONE,
+    ("function", "genjobs.broadcast_delta()"): NO_ONE,
+    ("function", "genjobs.broadcast_event()"): NO_ONE,
     ("schema", "genjobs"): UNREACHABLE,
     ("table", "genjobs.alembic_version"): UNREACHABLE,
 }

@@ -101,7 +101,7 @@ def _arrange(db: Database, status: Status, columns: dict[str, Any]) -> Job:
     }
     assignments = ", ".join(f"{column} = {value}" for column, value in values.items())
     with db.transaction() as conn:
-        conn.execute(text("TRUNCATE generation_logs, generations"))
+        conn.execute(text("TRUNCATE generation_deltas, generation_logs, generations"))
         job = store.insert_job(conn, NEW)
         assert job is not None
         conn.execute(text(f"UPDATE generations SET {assignments} WHERE id = :id"), {"id": job.id})

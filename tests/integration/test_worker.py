@@ -54,6 +54,18 @@ class Around:
         self.during()
         return generation
 
+    def stream(
+        self,
+        task: Task,
+        messages: Sequence[Message],
+        *,
+        timeout: float,
+        on_text: Callable[[str], bool],
+    ) -> ModelAnswer:
+        generation = self.inner.stream(task, messages, timeout=timeout, on_text=on_text)
+        self.during()
+        return generation
+
 
 @pytest.fixture(scope="module")
 def stub() -> Iterator[StubModelServer]:
@@ -223,10 +235,12 @@ def test_cancel_during_the_call_refuses_the_late_write(
             store.cancel_job(conn, job.id, job.user_id)
 
     answer = make_worker(settings, clean_db, Around(model, cancel)).handle(TOKEN, envelope(job.id))
-    assert answer.status == 200 and answer.body["outcome"] == "fenced"
+    # The text's last write is refused: the attempt stops there, and its tokens are billed.
+    assert answer.status == 200 and answer.body["outcome"] == "stopped"
     cancelled = reload(clean_db, job.id)
     assert cancelled.status is Status.CANCELLED and cancelled.result is None
     assert events(clean_db, job.id) == ["queued", "started", "cancelled"]
+    assert (cancelled.prompt_tokens or 0) > 0 and (cancelled.completion_tokens or 0) > 0
 
 
 def test_lease_expiry_takeover_fences_the_first_worker(
@@ -254,7 +268,8 @@ def test_lease_expiry_takeover_fences_the_first_worker(
 
     first = make_worker(settings, clean_db, Around(model, expire_and_redeliver))
     answer = first.handle(TOKEN, envelope(job.id, "m-1", 1))
-    assert answer.status == 200 and answer.body["outcome"] == "fenced"
+    # Its last text write is refused (fenced by the attempt): the first attempt stops there.
+    assert answer.status == 200 and answer.body["outcome"] == "stopped"
     assert taken[0].status == 200 and taken[0].body["outcome"] == "succeeded"
     done = reload(clean_db, job.id)
     assert done.status is Status.SUCCEEDED and done.attempts == 2
@@ -418,6 +433,11 @@ def test_unexpected_error_nacks_and_requeues_at_once(
         ) -> ModelAnswer:
             raise RuntimeError("a bug")
 
+        def stream(
+            self, task: Task, messages: Sequence[Message], *, timeout: float, on_text: Any
+        ) -> ModelAnswer:
+            raise RuntimeError("a bug")
+
     job = job_factory(unique("hits a bug"))
     answer = make_worker(settings, clean_db, Broken()).handle(TOKEN, envelope(job.id))
     assert answer.status == 500
@@ -455,6 +475,11 @@ class RateLimitedModel:
     def generate(self, task: Task, messages: Sequence[Message], *, timeout: float) -> ModelAnswer:
         self.calls += 1
         raise ModelUnavailable("rate limited", retry_after=self.retry_after, code="rate_limited")
+
+    def stream(
+        self, task: Task, messages: Sequence[Message], *, timeout: float, on_text: Any
+    ) -> ModelAnswer:
+        return self.generate(task, messages, timeout=timeout)
 
 
 def test_long_rate_limit_defers_the_job_without_spending_its_attempt(

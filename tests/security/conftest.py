@@ -226,6 +226,8 @@ class ModelProxy:
             "notjson": "Here are the entities: Ada (person).",
             "nul": "an answer with a \u0000 in it",
         }[cue.group(1)]
+        if request.get("stream"):
+            return 200, _SSE, _streamed(model, content)
         return 200, _JSON, json.dumps(_completion(model, content)).encode()
 
     def _forward(
@@ -255,6 +257,9 @@ class ModelProxy:
 
 
 _JSON = {"Content-Type": "application/json"}
+_SSE = {"Content-Type": "text/event-stream"}
+# Streamed answers come in pieces of this many characters (the API's come token by token).
+_PIECE = 4096
 
 
 def _relayed(headers: Any) -> dict[str, str]:
@@ -264,6 +269,26 @@ def _relayed(headers: Any) -> dict[str, str]:
         for name, value in headers.items()
         if name.lower() == "content-type" or name.lower().startswith(("retry-after", "x-ratelimit"))
     }
+
+
+def _streamed(model: str, content: str) -> bytes:
+    """`content` as the API streams it: chunks, a finish chunk, usage, then [DONE]."""
+    base = {"id": f"chatcmpl-{uuid.uuid4().hex}", "object": "chat.completion.chunk"}
+    base |= {"created": int(time.time()), "model": model}
+
+    def chunk(choices: list[dict[str, Any]], usage: Any = None) -> bytes:
+        return f"data: {json.dumps({**base, 'choices': choices, 'usage': usage})}\n\n".encode()
+
+    pieces = [content[i : i + _PIECE] for i in range(0, len(content), _PIECE)]
+    out = [
+        chunk([{"index": 0, "delta": {"content": piece}, "finish_reason": None}])
+        for piece in pieces
+    ]
+    out.append(chunk([{"index": 0, "delta": {}, "finish_reason": "stop"}]))
+    usage = {"prompt_tokens": 12, "completion_tokens": 34, "total_tokens": 46}
+    out.append(chunk([], usage))
+    out.append(b"data: [DONE]\n\n")
+    return b"".join(out)
 
 
 def _completion(model: str, content: str) -> dict[str, Any]:

@@ -30,6 +30,8 @@ RUNS = {
     ("GET /v1/generations/{job_id}", GenerationMode.NEGATIVE): 75,
     ("POST /v1/generations/{job_id}/cancel", GenerationMode.POSITIVE): 100,
     ("POST /v1/generations/{job_id}/cancel", GenerationMode.NEGATIVE): 75,
+    ("GET /v1/generations/{job_id}/events", GenerationMode.POSITIVE): 50,
+    ("GET /v1/generations/{job_id}/events", GenerationMode.NEGATIVE): 50,
     ("GET /v1/tasks", GenerationMode.POSITIVE): 5,
     ("GET /healthz", GenerationMode.POSITIVE): 5,
 }

@@ -16,6 +16,7 @@ from werkzeug.exceptions import NotFound as WerkzeugNotFound
 from werkzeug.routing import Map, Rule
 
 from genjobs import store
+from genjobs.api.events import ClosingStream, JobEvents, StreamSlots, last_event_id
 from genjobs.api.openapi import openapi_document
 from genjobs.api.responses import apply_cors, json_response, preflight_response, problem_response
 from genjobs.api.submit import SubmitService
@@ -49,6 +50,7 @@ ROUTES = Map(
         Rule("/v1/generations", endpoint="list", methods=["GET"]),
         Rule("/v1/generations/<job_id>", endpoint="get", methods=["GET"]),
         Rule("/v1/generations/<job_id>/cancel", endpoint="cancel", methods=["POST"]),
+        Rule("/v1/generations/<job_id>/events", endpoint="events", methods=["GET"]),
         Rule("/v1/tasks", endpoint="tasks", methods=["GET"]),
         Rule("/healthz", endpoint="health", methods=["GET"]),
         Rule("/openapi.json", endpoint="openapi", methods=["GET"]),
@@ -81,12 +83,15 @@ class ApiApp:
         self.verifier = verifier
         self.tasks = tasks
         self.submitter = SubmitService(settings, db, publisher, tasks)
+        self.events = JobEvents(settings, db)
+        self.stream_slots = StreamSlots(settings.max_streams_per_user)
         self._openapi = json.dumps(openapi_document(tasks))
         self._handlers: dict[str, Callable[[Request, dict[str, str]], Response]] = {
             "submit": self.submit,
             "list": self.list_jobs,
             "get": self.get_job,
             "cancel": self.cancel_job,
+            "events": self.job_events,
             "tasks": self.list_tasks,
             "health": self.health,
             "openapi": self.openapi,
@@ -181,6 +186,24 @@ class ApiApp:
                 raise Conflict(f"the job has already ended ({existing.status.value})")
         log.info("job cancelled", extra={"job_id": job.id})
         return json_response(job.view())
+
+    def job_events(self, request: Request, args: dict[str, str]) -> Response:
+        """GET /v1/generations/{id}/events: the caller's job as Server-Sent Events."""
+        user = self.verifier.verify(request.headers.get("Authorization"))
+        job_id = _job_id(args["job_id"])
+        after = last_event_id(request.headers.get("Last-Event-ID"))
+        with self.db.transaction() as conn:
+            job = store.get_job(conn, job_id, user.id)
+        if job is None:
+            raise NotFound("no such job")
+        self.stream_slots.take(user.id)
+        # The server closes the body when the stream ends or the client goes: the slot is
+        # given back then, whether or not the body was ever read.
+        body = ClosingStream(
+            self.events.stream(job, after), lambda: self.stream_slots.give_back(user.id)
+        )
+        headers = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
+        return Response(body, mimetype="text/event-stream", headers=headers)
 
     def list_tasks(self, _request: Request, _: dict[str, str]) -> Response:
         """GET /v1/tasks: names and input schemas."""

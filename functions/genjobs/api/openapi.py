@@ -162,6 +162,43 @@ def _paths() -> dict[str, Any]:
                 },
             }
         },
+        "/v1/generations/{job_id}/events": {
+            "get": {
+                "operationId": "followGeneration",
+                "summary": "The job as Server-Sent Events, until it ends.",
+                "description": (
+                    "Events: `status` ({status, attempt, error?}), `delta` ({attempt, seq, "
+                    "text}: text the running attempt appended), `reset` ({attempt}: a new "
+                    "attempt starts, drop the partial text), `usage`, and one terminal event "
+                    "named `succeeded`, `failed` or `cancelled` whose data is the job view. "
+                    "Every event has an `id`; send the last one as `Last-Event-ID` to resume "
+                    "with no gap and no duplicate. Comment lines are heartbeats. A stream "
+                    "ends after STREAM_MAX_SECONDS without a terminal event: resume it. An "
+                    "ended job answers its terminal event at once."
+                ),
+                "security": [{"supabase": []}],
+                "parameters": [
+                    _ID_PARAM,
+                    {
+                        "name": "Last-Event-ID",
+                        "in": "header",
+                        "required": False,
+                        "schema": {"type": "string", "pattern": "^[0-9]{1,19}$"},
+                        "description": "The id of the last event received, to resume after it.",
+                    },
+                ],
+                "responses": {
+                    "200": {
+                        "description": "The event stream.",
+                        "content": {"text/event-stream": {"schema": {"type": "string"}}},
+                    },
+                    "404": _problem("No such job for this caller."),
+                    "422": _problem("Last-Event-ID is not an id this stream sent."),
+                    "429": _problem("Too many open event streams.", _RETRY_AFTER),
+                    **_AUTH_ERRORS,
+                },
+            }
+        },
         "/v1/tasks": {
             "get": {
                 "operationId": "listTasks",

@@ -10,7 +10,9 @@ from flask import Response
 
 from genjobs.errors import GenJobsError
 
-CORS_ALLOWED_HEADERS = "authorization, apikey, x-client-info, content-type, idempotency-key"
+CORS_ALLOWED_HEADERS = (
+    "authorization, apikey, x-client-info, content-type, idempotency-key, last-event-id"
+)
 CORS_EXPOSED_HEADERS = "location, idempotent-replayed, retry-after"
 
 

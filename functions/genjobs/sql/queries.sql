@@ -379,3 +379,51 @@ WHERE l.created_at >= CAST(:since AS date) AT TIME ZONE 'UTC'
   AND l.event IN ('started', 'retry', 'dead_lettered', 'replayed')
   AND (CAST(:task AS text) IS NULL OR g.task = :task)
 GROUP BY 1, 2
+
+
+-- ===== Streaming (worker writes, api SSE reads, sweeper cleans) =====
+
+-- name: append_delta
+-- Append text the running attempt streamed and renew its lease, only while that attempt still owns the unfinished job (no row: cancelled, finished or taken over).
+WITH job AS (
+  UPDATE generations
+  SET lease_expires_at = now() + make_interval(secs => :lease_seconds), updated_at = now()
+  WHERE id = :id AND attempts = :attempt AND ai_status = 'processing'
+  RETURNING id, user_id, attempts
+)
+INSERT INTO generation_deltas (generation_id, user_id, attempt, seq, text)
+SELECT id, user_id, attempts, :seq, :text FROM job
+RETURNING id
+
+-- name: charge_usage
+-- Add the tokens of a model call whose outcome was not written (cancelled, taken over, cut mid-stream) to the job's totals, whatever its status: every call is billed to its user.
+UPDATE generations
+SET prompt_tokens = coalesce(prompt_tokens, 0) + :prompt_tokens,
+    completion_tokens = coalesce(completion_tokens, 0) + :completion_tokens,
+    model = coalesce(model, CAST(:model AS text)),
+    updated_at = now()
+WHERE id = :id
+
+-- name: job_events_since
+-- A job's events and streamed text with an id above `after`, in id order (deltas share the log's id sequence, so one SSE id orders both).
+SELECT id, event, ai_status, attempt, CAST(NULL AS int) AS seq, CAST(NULL AS text) AS text,
+       prompt_tokens, completion_tokens, model, error_code
+FROM generation_logs
+WHERE generation_id = :id AND id > :after
+UNION ALL
+SELECT id, NULL, NULL, attempt, seq, text, NULL, NULL, NULL, NULL
+FROM generation_deltas
+WHERE generation_id = :id AND id > :after
+ORDER BY id
+LIMIT :limit
+
+-- name: sweep_stream_text
+-- Delete streamed text no client can resume any more: that of jobs which ended over `retention_seconds` ago.
+DELETE FROM generation_deltas d
+USING generations g
+WHERE d.generation_id = g.id
+  AND g.finished_at < now() - make_interval(secs => :retention_seconds)
+
+-- name: last_event_id
+-- The SSE id of a job's newest event (its terminal event, once it has ended).
+SELECT coalesce(max(id), 0) FROM generation_logs WHERE generation_id = :id
