@@ -2,12 +2,11 @@
 
 from __future__ import annotations
 
-import functools
 import json
 import os
 import threading
 from collections.abc import Callable
-from typing import TYPE_CHECKING, Any, TypeVar
+from typing import TYPE_CHECKING, Any, Generic, TypeVar
 
 import functions_framework
 from flask import Request, Response
@@ -23,7 +22,7 @@ if TYPE_CHECKING:
 T = TypeVar("T")
 
 
-def built_once(build: Callable[[], T]) -> Callable[[], T]:
+class built_once(Generic[T]):
     """`build` run once per process even when first requests race (single-flight cold start).
 
     Each build opens a connection pool sized to Terraform's per-instance share of the
@@ -31,19 +30,24 @@ def built_once(build: Callable[[], T]) -> Callable[[], T]:
     import (below); a host that imports without FUNCTION_TARGET builds on first requests.
     A failed build is not kept: the next request tries again, still one at a time.
     """
-    lock = threading.Lock()
-    built: list[T] = []
 
-    @functools.wraps(build)
-    def instance() -> T:
-        if built:  # warm path: no lock
-            return built[0]
-        with lock:
-            if not built:
-                built.append(build())
-            return built[0]
+    def __init__(self, build: Callable[[], T]) -> None:
+        self._build = build
+        self._lock = threading.Lock()
+        self._built: list[T] = []
 
-    return instance
+    @property
+    def built(self) -> bool:
+        """Whether this process has built it."""
+        return bool(self._built)
+
+    def __call__(self) -> T:
+        if self._built:  # warm path: no lock
+            return self._built[0]
+        with self._lock:
+            if not self._built:
+                self._built.append(self._build())
+            return self._built[0]
 
 
 def _settings(role: Role) -> Settings:
