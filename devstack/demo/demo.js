@@ -6,6 +6,7 @@ const SAMPLE_TEXT =
   "Pub/Sub pushes each job to the worker, which streams the model's answer into the " +
   "database; the api turns it into Server-Sent Events that this page follows.";
 const DIRECTIVE = /\s*\bstub:\S+/g;
+const RUN_TAG = /\s*\[run [0-9a-f]+\]/g;
 const TOKEN_REFRESH_MS = 30 * 60 * 1000; // the local token lives an hour
 
 const $ = (/** @type {string} */ id) => /** @type {any} */ (document.getElementById(id));
@@ -21,7 +22,7 @@ const ui = {
   status: $("status"),
   attempt: $("attempt"),
   jobId: $("job-id"),
-  resetNote: $("reset-note"),
+  note: $("note"),
   output: $("output"),
   usage: $("usage"),
   error: $("error"),
@@ -97,10 +98,26 @@ function showUsage(/** @type {any} */ usage) {
   ui.usage.hidden = false;
 }
 
+function showNote(/** @type {string} */ message) {
+  ui.note.textContent = message;
+  ui.note.hidden = false;
+}
+
+/** A cancelled job's usage is written when the worker stops the model, just after the end. */
+async function billedUsage(/** @type {any} */ job) {
+  if (job.status !== "cancelled") return null;
+  for (let i = 0; i < 6; i += 1) {
+    await new Promise((resolve) => setTimeout(resolve, 250));
+    const latest = await client.get(job.id);
+    if (latest.usage) return latest.usage;
+  }
+  return null;
+}
+
 function startRun() {
   running = { id: null, abort: new AbortController() };
   ui.output.textContent = "";
-  ui.resetNote.hidden = true;
+  ui.note.hidden = true;
   ui.usage.hidden = true;
   ui.jobId.textContent = "–";
   ui.attempt.textContent = "–";
@@ -116,8 +133,16 @@ function endRun() {
   ui.cancel.disabled = true;
 }
 
+/** The stub cuts only the first answer to each exact prompt: a fresh tag makes each run cut. */
+function freshCutPrompt() {
+  if (!/\bstub:cut=/.test(ui.input.value)) return;
+  const tag = Math.floor(Math.random() * 0xffffff).toString(16);
+  ui.input.value = `${ui.input.value.replace(RUN_TAG, "").trim()} [run ${tag}]`;
+}
+
 async function generate() {
   const task = tasks.get(ui.task.value);
+  freshCutPrompt();
   const text = ui.input.value.trim();
   if (!task || !text) {
     setError("Pick a task and type some text first.");
@@ -139,15 +164,21 @@ async function generate() {
         onStatus(/** @type {any} */ data) {
           setStatus(data.status);
           if (data.attempt) ui.attempt.textContent = String(data.attempt);
+          if (data.status === "queued" && data.error) {
+            showNote(
+              `Attempt ${data.attempt} failed (${data.error}); the job is queued again and ` +
+                "Pub/Sub redelivers it after its backoff.",
+            );
+          }
         },
         onReset(reset) {
           ui.attempt.textContent = String(reset.attempt);
           ui.output.textContent = "";
           if (reset.attempt > 1) {
-            ui.resetNote.textContent =
+            showNote(
               `Retry: text reset — attempt ${reset.attempt} started after attempt ` +
-              `${reset.attempt - 1} failed mid-stream.`;
-            ui.resetNote.hidden = false;
+                `${reset.attempt - 1} failed.`,
+            );
           }
         },
         onDelta(delta, whole) {
@@ -166,8 +197,9 @@ async function generate() {
       ui.output.textContent =
         typeof result.text === "string" ? result.text : JSON.stringify(result, null, 2);
     }
-    showUsage(job.usage);
-    if (job.error) setError(`${job.error.code}: ${job.error.message}`);
+    if (job.status === "failed" && job.error) setError(`${job.error.code}: ${job.error.message}`);
+    if (job.status === "cancelled") showNote("Cancelled: the model stream was stopped.");
+    showUsage(job.usage ?? (await billedUsage(job)));
   } catch (error) {
     setStatus("error");
     setError(describe(error));
@@ -188,7 +220,7 @@ async function cancel() {
 }
 
 function applyPreset(/** @type {string} */ directives) {
-  const text = ui.input.value.replace(DIRECTIVE, "").trim() || SAMPLE_TEXT;
+  const text = ui.input.value.replace(DIRECTIVE, "").replace(RUN_TAG, "").trim() || SAMPLE_TEXT;
   ui.input.value = directives ? `${text} ${directives}` : text;
   ui.input.focus();
 }

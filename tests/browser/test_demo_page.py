@@ -108,7 +108,7 @@ def test_the_page_streams_a_generation(browser: WebDriver, stack: Stack, tmp_pat
     assert text(browser, "output") == job["result"]["text"]  # type: ignore[index]
     assert len(text(browser, "output")) > lengths[0]
     assert "60 completion tokens" in text(browser, "usage")
-    assert not browser.find_element(By.ID, "reset-note").is_displayed()
+    assert not browser.find_element(By.ID, "note").is_displayed()
 
 
 def test_a_stream_cut_mid_answer_shows_a_reset_then_completes(
@@ -117,9 +117,9 @@ def test_a_stream_cut_mid_answer_shows_a_reset_then_completes(
     open_page(browser, stack)
     submit(browser, "summarize", "stub:cut=8 stub:tokens=30 stub:pace=20")
     WebDriverWait(browser, 20, poll_frequency=0.05).until(
-        lambda b: b.find_element(By.ID, "reset-note").is_displayed()
+        lambda b: "Retry: text reset" in text(b, "note")
     )
-    assert "attempt 2" in text(browser, "reset-note")
+    assert "attempt 2 started" in text(browser, "note")
     assert wait_for_status(browser) == "succeeded", text(browser, "error")
     assert text(browser, "attempt") == "2"
     job = check_against_api(browser, stack, "succeeded")
@@ -135,11 +135,19 @@ def test_cancel_mid_stream_ends_cancelled(browser: WebDriver, stack: Stack) -> N
     shown = text(browser, "output")
     time.sleep(0.5)
     assert text(browser, "output") == shown  # the stream ended with the job
-    job = check_against_api(browser, stack, "cancelled")
+    check_against_api(browser, stack, "cancelled")
+    with stack.client(DEMO_USER_ID) as client:
+        # Billed once the worker, at its next write, learns of the cancel and stops the model.
+        job = stack.wait_for(client, text(browser, "job-id"), lambda j: bool(j["usage"]), 5)
     # Stopped well before the 400-token answer (10 s at 25 ms) was written; what ran is billed.
     usage = job["usage"]
     assert isinstance(usage, dict) and 0 < usage["completion_tokens"] < 400, usage
-    assert f"{usage['completion_tokens']} completion tokens" in text(browser, "usage")
+    # The page reads that usage too.
+    WebDriverWait(browser, 5, poll_frequency=0.05).until(
+        lambda b: f"{usage['completion_tokens']} completion tokens" in text(b, "usage")
+    )
+    assert "Cancelled" in text(browser, "note")
+    assert not browser.find_element(By.ID, "error").is_displayed()
     assert not browser.find_element(By.ID, "cancel").is_enabled()
     assert browser.find_element(By.ID, "submit").is_enabled()
 
