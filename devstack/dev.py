@@ -13,6 +13,7 @@ from typing import Any
 import yaml
 
 from devstack.database import prepare_database
+from devstack.demo.server import demo_origin, origins_with_demo
 from devstack.ports import busy_port_report
 from devstack.scheduler import LocalScheduler
 from devstack.signing import load_or_create_key
@@ -40,6 +41,7 @@ class Ports:
     pubsub: int = 8085
     pubsub_http: int = 8086
     stub_model: int = 8090
+    demo: int = 8070
     worker_container: int = 18081
     dead_letter_container: int = 18082
     sweeper_container: int = 18083
@@ -56,6 +58,7 @@ class Ports:
             "pubsub": "PUBSUB_EMULATOR_PORT",
             "pubsub_http": "PUBSUB_EMULATOR_HTTP_PORT",
             "stub_model": "STUB_MODEL_PORT",
+            "demo": "DEMO_PORT",
             "worker_container": "WORKER_CONTAINER_PORT",
             "dead_letter_container": "DEAD_LETTER_CONTAINER_PORT",
             "sweeper_container": "SWEEPER_CONTAINER_PORT",
@@ -113,7 +116,8 @@ def cloud_run_frontend(config: StackConfig, timeouts: Mapping[str, float]) -> Se
 
 
 def build_services(config: StackConfig) -> list[Service]:
-    """The emulator, the stub model (unless a real key is given) and the four functions."""
+    """The emulator, the stub model (unless a real key is given), the demo page and the four
+    functions."""
     p = config.ports
     url = "http://127.0.0.1:{}/".format
     common = {
@@ -152,6 +156,11 @@ def build_services(config: StackConfig) -> list[Service]:
             *config.stub_flags,
         ]
         services.append(Service("stub-model", stub_argv, p.stub_model))
+    demo_argv = [sys.executable, "-m", "devstack.demo", "--port", str(p.demo)]
+    services.append(Service("demo", [*demo_argv, "--api-url", url(p.api)], p.demo))
+    # The page calls the api cross-origin from its own port, wherever DEMO_PORT puts it.
+    given_origins = common.get("ALLOWED_ORIGINS", os.environ.get("ALLOWED_ORIGINS"))
+    api_env = {**common, "ALLOWED_ORIGINS": origins_with_demo(given_origins, p.demo)}
     # Behind the front end, as on Cloud Run: the audience is the front end's URL.
     private = {**common, "PLATFORM_INVOKER_CHECK": "true"}
     worker_env = {
@@ -163,7 +172,7 @@ def build_services(config: StackConfig) -> list[Service]:
     }
     ack_deadline = float(worker_env["ACK_DEADLINE_SECONDS"])
     services += [
-        function_service("api", p.api, common),
+        function_service("api", p.api, api_env),
         function_service("worker", p.worker_container, worker_env),
         function_service(
             "dead_letter", p.dead_letter_container, {**private, "PUSH_AUDIENCE": url(p.dead_letter)}
@@ -195,6 +204,7 @@ def banner(config: StackConfig) -> str:
 ================================================================================
  genjobs local stack is up
    api           http://127.0.0.1:{p.api}      (OpenAPI: /openapi.json)
+   demo page     {demo_origin(p.demo)}      (pick a task, watch it stream)
    worker        http://127.0.0.1:{p.worker}      (Pub/Sub push only)
    dead_letter   http://127.0.0.1:{p.dead_letter}
    sweeper       http://127.0.0.1:{p.sweeper}      (every {config.sweep_interval:g}s)

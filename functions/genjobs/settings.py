@@ -22,6 +22,10 @@ LOCAL_SUPABASE_URL = "http://127.0.0.1:54321"
 LOCAL_JWT_SECRET = "super-secret-jwt-token-with-at-least-32-characters-long"  # noqa: S105
 LOCAL_PUSH_SERVICE_ACCOUNT = "pubsub-push@local-project.iam.gserviceaccount.com"
 LOCAL_SCHEDULER_SERVICE_ACCOUNT = "scheduler@local-project.iam.gserviceaccount.com"
+# Frontends' dev servers (React/Next, Vite) anywhere; locally also the demo page `make run` serves.
+DEFAULT_ALLOWED_ORIGINS = ("http://localhost:3000", "http://localhost:5173")
+LOCAL_DEMO_ORIGIN = "http://localhost:8070"
+LOCAL_ALLOWED_ORIGINS = (*DEFAULT_ALLOWED_ORIGINS, LOCAL_DEMO_ORIGIN)
 LOCAL_PUSH_CERTS_URL = "http://127.0.0.1:8086/oauth2/v3/certs"
 GOOGLE_CERTS_URL = "https://www.googleapis.com/oauth2/v3/certs"
 
@@ -73,7 +77,7 @@ class Settings:
     platform_invoker_check: bool = False
 
     # HTTP api.
-    allowed_origins: tuple[str, ...] = ("http://localhost:3000", "http://localhost:5173")
+    allowed_origins: tuple[str, ...] = DEFAULT_ALLOWED_ORIGINS
     max_body_bytes: int = 1024 * 1024
     max_metadata_bytes: int = 4096
     submits_per_minute: int = 60
@@ -285,6 +289,8 @@ def load_settings(role: Role = "cli", env: Mapping[str, str] | None = None) -> S
             values[attr] = secret
 
     settings = Settings(**values)  # type: ignore[arg-type]
+    if settings.is_local and "allowed_origins" not in values:
+        settings = replace(settings, allowed_origins=LOCAL_ALLOWED_ORIGINS)
     if not settings.is_local:
         _check_cloud_requirements(settings, role, reader)
     elif settings.supabase_jwt_secret is None and role == "api":
