@@ -14,9 +14,10 @@ from sqlalchemy import text
 
 from devstack.supervisor import Supervisor, free_port, function_service
 from genjobs import store
-from genjobs.api.submit import DEFAULT_MAX_ATTEMPTS, request_hash
+from genjobs.api.submit import request_hash
 from genjobs.auth.minting import mint_api_key, mint_user_token
 from genjobs.db import Database
+from genjobs.jobs import MAX_ATTEMPTS
 from genjobs.settings import LOCAL_JWT_SECRET, LOCAL_SUPABASE_URL
 from genjobs.tasks import TASKS
 from tests.openapi_check import assert_conforms
@@ -149,7 +150,7 @@ def test_a_submit_waits_for_the_one_in_flight_with_its_key_then_replays_it(
                 idempotency_key=key,
                 request_hash=request_hash("summarize", normalized, {}),
                 trace_id=None,
-                max_attempts=DEFAULT_MAX_ATTEMPTS,
+                max_attempts=MAX_ATTEMPTS,
             ),
         )
         assert job is not None
