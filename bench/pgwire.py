@@ -109,6 +109,15 @@ class _ClientStream:
             self.awaits_reply = True
 
 
+def relayed_url(upstream_url: str, port: int) -> str:
+    """`upstream_url` pointed at a relay on 127.0.0.1:`port` (TCP, even if it named a socket)."""
+    parts = urlsplit(upstream_url)
+    credentials = parts.netloc.rsplit("@", 1)[0] + "@" if "@" in parts.netloc else ""
+    query = {k: v for k, v in parse_qsl(parts.query) if k != "host"}
+    netloc = f"{credentials}127.0.0.1:{port}"
+    return urlunsplit((parts.scheme, netloc, parts.path, urlencode(query), ""))
+
+
 class CountingProxy:
     """Listens on 127.0.0.1 and relays each connection to the real server, counting."""
 
@@ -127,11 +136,7 @@ class CountingProxy:
 
     def url(self) -> str:
         """The upstream URL, pointed at this proxy."""
-        parts = urlsplit(self._upstream_url)
-        credentials = parts.netloc.rsplit("@", 1)[0] + "@" if "@" in parts.netloc else ""
-        query = {k: v for k, v in parse_qsl(parts.query) if k != "host"}
-        netloc = f"{credentials}127.0.0.1:{self.port}"
-        return urlunsplit((parts.scheme, netloc, parts.path, urlencode(query), ""))
+        return relayed_url(self._upstream_url, self.port)
 
     def start(self) -> CountingProxy:
         """Accept connections on a background thread."""

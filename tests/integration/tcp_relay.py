@@ -7,7 +7,9 @@ import select
 import socket
 import ssl
 import threading
-from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
+from urllib.parse import parse_qsl, urlsplit
+
+from bench.pgwire import relayed_url
 
 _CHUNK = 65536
 
@@ -50,11 +52,7 @@ class TcpRelay:
 
     def url(self) -> str:
         """The upstream URL, pointed at this relay."""
-        parts = urlsplit(self._upstream_url)
-        credentials = parts.netloc.rsplit("@", 1)[0] + "@" if "@" in parts.netloc else ""
-        query = {k: v for k, v in parse_qsl(parts.query) if k != "host"}
-        netloc = f"{credentials}127.0.0.1:{self.port}"
-        return urlunsplit((parts.scheme, netloc, parts.path, urlencode(query), ""))
+        return relayed_url(self._upstream_url, self.port)
 
     def start(self) -> TcpRelay:
         """Accept connections on a background thread."""
