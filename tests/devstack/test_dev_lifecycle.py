@@ -48,6 +48,7 @@ PORT_VARIABLES = {
     "worker_container": "WORKER_CONTAINER_PORT",
     "dead_letter_container": "DEAD_LETTER_CONTAINER_PORT",
     "sweeper_container": "SWEEPER_CONTAINER_PORT",
+    "demo": "DEMO_PORT",
 }
 
 
