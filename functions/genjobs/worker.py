@@ -43,8 +43,8 @@ LEASE_WAIT_SLACK_SECONDS = 0.5
 # A refused claim is acked (the push answer's outcome, and why), never nacked: a nack spends
 # one of Pub/Sub's delivery attempts and cannot change the refusal. A job deferred by a rate
 # limit is published again by the sweeper once due; one running under another delivery's live
-# lease is requeued and republished by the sweeper if that attempt dies (a crashed worker
-# holds its lease longer than the remaining attempts would last).
+# lease (still renewed after a wait for it to run out, see `_process`) is left to that attempt,
+# and requeued and republished by the sweeper if it dies.
 ACKED_REFUSALS: dict[Refusal, tuple[str, str]] = {
     Refusal.FINISHED: ("already_finished", "duplicate or late delivery of a finished job"),
     Refusal.CANCELLED: ("already_finished", "delivery of a cancelled job"),
