@@ -18,6 +18,7 @@ from genjobs.model_client import ModelClient
 from genjobs.push import PushAnswer
 from genjobs.settings import Settings
 from genjobs.statuses import Status
+from genjobs.streaming import DeltaWriter
 from genjobs.tasks import TASKS
 from genjobs.worker import Worker
 from tests.factories import JobFactory
@@ -171,3 +172,23 @@ def test_redelivery_outwaits_a_dead_attempts_short_lease_and_takes_the_job_over(
     assert answer.body["outcome"] == "succeeded", answer.body
     assert time.monotonic() - started < 2 + settings.lease_seconds
     assert reload(clean_db, job.id).attempts == 2
+
+
+def test_a_stream_stops_at_its_next_text_once_the_heartbeat_finds_the_job_lost(
+    clean_db: Database, job_factory: JobFactory
+) -> None:
+    job = job_factory(unique("streamed, then taken over"))
+    with clean_db.transaction() as conn:
+        claimed = store.claim_job(conn, job.id, 30, store.Delivery()).job
+    assert claimed is not None
+    lost = threading.Event()
+    writer = DeltaWriter(clean_db, claimed, flush_seconds=0, lease_seconds=30, lost=lost)
+    assert writer("first words ") is True
+    lost.set()
+    # No write is tried: the model call is closed at once.
+    assert writer("more words") is False and writer.flush() is False
+    with clean_db.transaction() as conn:
+        texts = conn.execute(
+            text("SELECT text FROM generation_deltas WHERE generation_id = :id"), {"id": job.id}
+        ).scalars()
+        assert list(texts) == ["first words "]
