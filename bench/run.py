@@ -21,9 +21,10 @@ from bench import (
     dispatch,
     end_to_end,
     peer,
+    recovery,
     submit,
 )
-from bench.load import first_success
+from bench.load import first_success, percentile
 from bench.report import Figure, table, write
 from bench.sizes import SIZES, Size
 from bench.stack import (
@@ -62,6 +63,8 @@ ORDER = (
     "concurrency_peak_db_connections",
     "dispatch_p50_ms",
     "dispatch_p95_ms",
+    "recovery_after_kill_p50_s",
+    "recovery_after_kill_p95_s",
 )
 
 
@@ -347,6 +350,34 @@ def database_work(db: BenchDatabase, size: Size, logs: Path) -> list[Figure]:
     ]
 
 
+def recovery_after_kill(db: BenchDatabase, size: Size, logs: Path) -> list[Figure]:
+    """Figure 7: SIGKILL of the worker → its jobs `succeeded`, against undisturbed jobs."""
+    log("7. recovery after a SIGKILLed worker")
+    rec = recovery.measure(db, size, logs)
+    base = "undisturbed job (submit→succeeded)"
+    return [
+        Figure(
+            "recovery_after_kill_p50_s",
+            "7. kill→succeeded p50",
+            percentile(rec.killed_seconds, 0.5),
+            "s",
+            percentile(rec.baseline_seconds, 0.5),
+            base,
+            details=rec.details(),
+        ),
+        Figure(
+            "recovery_after_kill_p95_s",
+            "7. kill→succeeded p95",
+            percentile(rec.killed_seconds, 0.95),
+            "s",
+            percentile(rec.baseline_seconds, 0.95),
+            base,
+            60,
+            "value<=",
+        ),
+    ]
+
+
 def run(size: Size, workdir: Path) -> tuple[list[Figure], dict[str, Any]]:
     """Every measurement, in an order where none disturbs the next."""
     logs = workdir / "logs"
@@ -368,6 +399,7 @@ def run(size: Size, workdir: Path) -> tuple[list[Figure], dict[str, Any]]:
             stack.supervisor.stop()
         # Last, on a stack of its own: its functions reach Postgres through counting proxies.
         figures += database_work(db, size, logs / "db-work")
+        figures += recovery_after_kill(db, size, logs / "recovery")
     figures.sort(key=lambda f: ORDER.index(f.key))
     details["settings"] = {
         "api_threads": API_THREADS,

@@ -99,9 +99,13 @@ class Settings:
     # Streamed text is kept this long after a job ends (to resume), then the sweeper deletes it.
     stream_retention_seconds: int = 600
 
-    # Worker timing: task timeout < lease < ack deadline (checked in `check_timing`).
+    # Worker timing (checked in `check_timing`): task timeout = ack deadline - 2 * margin; a
+    # running attempt renews its lease every heartbeat; the lease is three heartbeats (≤ the
+    # margin), so a crashed worker's job is free again within 30 s while two missed renewals
+    # are forgiven.
     ack_deadline_seconds: int = 300
     lease_margin_seconds: int = 30
+    heartbeat_seconds: int = 10
     # The jobs subscription's minimum backoff: a model's Retry-After longer than this defers
     # the job (acked, republished by the sweeper) instead of spending a delivery attempt.
     retry_min_backoff_seconds: int = 10
@@ -114,13 +118,13 @@ class Settings:
 
     @property
     def lease_seconds(self) -> int:
-        """How long a claim is valid: inside the ack deadline by a safety margin."""
-        return self.ack_deadline_seconds - self.lease_margin_seconds
+        """How long a claim or a renewal holds the job: three heartbeats."""
+        return 3 * self.heartbeat_seconds
 
     @property
     def max_task_timeout_seconds(self) -> int:
-        """The longest a model call may take so its result is written inside the lease."""
-        return self.lease_seconds - self.lease_margin_seconds
+        """The longest a model call may take: its outcome is written inside the ack deadline."""
+        return self.ack_deadline_seconds - 2 * self.lease_margin_seconds
 
     @property
     def is_local(self) -> bool:
@@ -248,6 +252,7 @@ _PLAIN: dict[str, tuple[str, Callable[[str], object], str]] = {
     "STREAM_RETENTION_SECONDS": ("stream_retention_seconds", _positive_int, "a positive integer"),
     "ACK_DEADLINE_SECONDS": ("ack_deadline_seconds", _positive_int, "a positive integer"),
     "LEASE_MARGIN_SECONDS": ("lease_margin_seconds", _positive_int, "a positive integer"),
+    "HEARTBEAT_SECONDS": ("heartbeat_seconds", _positive_int, "a positive integer"),
     "RETRY_MIN_BACKOFF_SECONDS": ("retry_min_backoff_seconds", _positive_int, "a positive integer"),
     "SWEEP_PUBLISH_GRACE_SECONDS": (
         "sweep_publish_grace_seconds",
@@ -346,13 +351,21 @@ def _local_push_defaults(settings: Settings, role: Role) -> Settings:
 
 
 def check_timing(settings: Settings) -> str | None:
-    """Task timeout < lease < ack deadline ≤ 600 s, or a description of what is wrong."""
+    """Task timeout and lease (3 heartbeats) < ack deadline ≤ 600 s, or what is wrong."""
     if not 10 <= settings.ack_deadline_seconds <= 600:
         return "ACK_DEADLINE_SECONDS must be between 10 and 600 (Pub/Sub's limits)"
     if settings.max_task_timeout_seconds <= 0:
         return (
             f"LEASE_MARGIN_SECONDS={settings.lease_margin_seconds} leaves no time for a task "
             f"inside ACK_DEADLINE_SECONDS={settings.ack_deadline_seconds}"
+        )
+    if settings.lease_seconds > settings.lease_margin_seconds:
+        # A redelivery may outwait a crashed attempt's lease before its own call: both must
+        # fit in the ack deadline (wait + task timeout ≤ ack deadline - margin).
+        return (
+            f"HEARTBEAT_SECONDS={settings.heartbeat_seconds} makes a lease of "
+            f"{settings.lease_seconds}s, longer than LEASE_MARGIN_SECONDS="
+            f"{settings.lease_margin_seconds}"
         )
     if settings.republish_after_seconds <= settings.ack_deadline_seconds:
         return "REPUBLISH_AFTER_SECONDS must be longer than ACK_DEADLINE_SECONDS"

@@ -5,6 +5,7 @@ from __future__ import annotations
 import base64
 import json
 import uuid
+from collections.abc import Collection
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from enum import StrEnum
@@ -297,6 +298,22 @@ def finish_attempt(conn: Connection, job: Job, outcome: Outcome, delivery: Deliv
         .first()
     )
     return Job.from_row(row) if row is not None else None
+
+
+def renew_leases(
+    conn: Connection, attempts: Collection[tuple[uuid.UUID, int]], lease_seconds: float
+) -> set[tuple[uuid.UUID, int]]:
+    """Extend the lease of each (job id, attempt) that still owns its job; those that do."""
+    ids, numbers = zip(*attempts, strict=True) if attempts else ((), ())
+    rows = conn.execute(
+        query("renew_leases"),
+        {
+            "ids": [str(job_id) for job_id in ids],
+            "attempts": list(numbers),
+            "lease_seconds": lease_seconds,
+        },
+    ).all()
+    return {(uuid.UUID(str(row[0])), int(row[1])) for row in rows}
 
 
 def fail_unfinished(

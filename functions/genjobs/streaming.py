@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import threading
 import time
 from collections.abc import Callable
 
@@ -13,7 +14,8 @@ from genjobs.jobs import Job
 class DeltaWriter:
     """`on_text` for a model stream: the first text is written at once, then at most every
     `flush_seconds`. Each write is fenced by the attempt (and renews its lease); once one is
-    refused the attempt no longer owns the job, and the writer answers False to stop the call.
+    refused, or the heartbeat has set `lost`, the attempt no longer owns the job and the writer
+    answers False to stop the call.
     """
 
     def __init__(
@@ -23,9 +25,11 @@ class DeltaWriter:
         *,
         flush_seconds: float,
         lease_seconds: float,
+        lost: threading.Event | None = None,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self._db = db
+        self._lost = lost or threading.Event()
         self._job = job
         self._flush_seconds = flush_seconds
         self._lease_seconds = lease_seconds
@@ -37,6 +41,8 @@ class DeltaWriter:
 
     def __call__(self, text: str) -> bool:
         """Take a piece of text; False once the attempt has lost the job."""
+        if self._lost.is_set():
+            self.owned = False
         self._pending.append(text)
         if self._seq == 0 or self._clock() - self._last_write >= self._flush_seconds:
             return self.flush()
@@ -44,6 +50,8 @@ class DeltaWriter:
 
     def flush(self) -> bool:
         """Write what is pending; False once the attempt has lost the job."""
+        if self._lost.is_set():
+            self.owned = False
         if not self._pending or not self.owned:
             return self.owned
         text = "".join(self._pending)

@@ -1,10 +1,12 @@
-"""The push worker: claim a job under a lease, call the model once, write the outcome."""
+"""The push worker: claim a job under a renewed lease, call the model once, write the outcome."""
 
 from __future__ import annotations
 
 import logging
+import threading
 import time
 from collections.abc import Callable, Mapping
+from datetime import UTC, datetime
 from typing import Any
 
 from pydantic import ValidationError
@@ -14,6 +16,7 @@ from genjobs import retry, store
 from genjobs.crashpoints import crash_point
 from genjobs.db import Database
 from genjobs.errors import ModelUnavailable, PermanentFailure, StreamStopped
+from genjobs.heartbeat import Heartbeat
 from genjobs.jobs import Job, Usage
 from genjobs.model_client import ModelAnswer, SupportsGenerate
 from genjobs.push import (
@@ -33,12 +36,15 @@ from genjobs.tasks.base import Message, Task
 
 log = logging.getLogger(__name__)
 
+# Added to a wait for another attempt's lease: the database's clock may run a little ahead.
+LEASE_WAIT_SLACK_SECONDS = 0.5
+
 
 # A refused claim is acked (the push answer's outcome, and why), never nacked: a nack spends
 # one of Pub/Sub's delivery attempts and cannot change the refusal. A job deferred by a rate
 # limit is published again by the sweeper once due; one running under another delivery's live
-# lease is requeued and republished by the sweeper if that attempt dies (a crashed worker
-# holds its lease longer than the remaining attempts would last).
+# lease (still renewed after a wait for it to run out, see `_process`) is left to that attempt,
+# and requeued and republished by the sweeper if it dies.
 ACKED_REFUSALS: dict[Refusal, tuple[str, str]] = {
     Refusal.FINISHED: ("already_finished", "duplicate or late delivery of a finished job"),
     Refusal.CANCELLED: ("already_finished", "delivery of a cancelled job"),
@@ -64,8 +70,12 @@ class Worker:
         tasks: Mapping[str, Task],
         verifier: ServiceVerifier,
         clock: Callable[[], float] = time.monotonic,
+        heartbeat: Heartbeat | None = None,
     ) -> None:
         self._settings = settings
+        self._heartbeat = heartbeat or Heartbeat(
+            db, interval_seconds=settings.heartbeat_seconds, lease_seconds=settings.lease_seconds
+        )
         self._db = db
         self._model = model
         self._tasks = tasks
@@ -86,13 +96,32 @@ class Worker:
 
     def _process(self, message: PushMessage) -> PushAnswer:
         delivery = Delivery(message.message_id, message.delivery_attempt)
-        with self._db.transaction() as conn:
-            claim = store.claim_job(conn, message.job_id, self._settings.lease_seconds, delivery)
-            if not claim.claimed:
-                return self._not_claimed(conn, claim, message, delivery)
+        for may_wait in (True, False):
+            with self._db.transaction() as conn:
+                lease = self._settings.lease_seconds
+                claim = store.claim_job(conn, message.job_id, lease, delivery)
+                if claim.claimed:
+                    break
+                wait = self._lease_wait(claim) if may_wait else None
+                if wait is None:
+                    return self._not_claimed(conn, claim, message, delivery)
+            # Pub/Sub redelivers a crashed worker's push within seconds: rather than ack it
+            # and leave the job to the sweeper, outwait the short lease (no connection held);
+            # a live attempt has renewed it by then and this delivery is acked.
+            time.sleep(wait)
         # The claim's transaction is closed: no connection is held during the model call.
         assert claim.job is not None
         return self._run(claim.job, delivery)
+
+    def _lease_wait(self, claim: store.ClaimResult) -> float | None:
+        """Seconds until another attempt's lease runs out, if that is within one lease."""
+        job = claim.job
+        if claim.refused is not Refusal.LEASE_LIVE or job is None or job.lease_expires_at is None:
+            return None
+        left = (job.lease_expires_at - datetime.now(UTC)).total_seconds()
+        if left > self._settings.lease_seconds + LEASE_WAIT_SLACK_SECONDS:
+            return None  # a lease taken before heartbeats (long): the sweeper recovers it
+        return max(0.0, left) + LEASE_WAIT_SLACK_SECONDS
 
     def _not_claimed(
         self, conn: Connection, claim: store.ClaimResult, message: PushMessage, delivery: Delivery
@@ -145,7 +174,8 @@ class Worker:
         timeout = min(task.timeout_seconds, self._settings.max_task_timeout_seconds)
         started = self._clock()
         try:
-            answer = self._call_model(job, task, messages, timeout)
+            with self._heartbeat.holding(job) as lost:
+                answer = self._call_model(job, task, messages, timeout, lost)
             crash_point("after_model_call")
         except StreamStopped as stopped:
             # Cancelled or taken over while streaming: the call was closed, its tokens billed.
@@ -171,16 +201,21 @@ class Worker:
         return self._finish(job, delivery, outcome)
 
     def _call_model(
-        self, job: Job, task: Task, messages: list[Message], timeout: float
+        self, job: Job, task: Task, messages: list[Message], timeout: float, lost: threading.Event
     ) -> ModelAnswer:
-        """Free-text tasks stream (clients follow the text); structured ones answer whole."""
+        """Free-text tasks stream, structured ones answer whole; StreamStopped once it is lost."""
         if task.output_schema is not None:
-            return self._model.generate(task, messages, timeout=timeout)
+            answer = self._model.generate(task, messages, timeout=timeout)
+            if lost.is_set():
+                # The heartbeat found the job cancelled or taken over: nothing to write.
+                raise StreamStopped(answer.usage)
+            return answer
         writer = DeltaWriter(
             self._db,
             job,
             flush_seconds=self._settings.stream_flush_ms / 1000,
             lease_seconds=self._settings.lease_seconds,
+            lost=lost,
             clock=self._clock,
         )
         answer = self._model.stream(task, messages, timeout=timeout, on_text=writer)

@@ -32,6 +32,8 @@ FIGURES = {
     "concurrency_peak_db_connections",
     "dispatch_p50_ms",
     "dispatch_p95_ms",
+    "recovery_after_kill_p50_s",
+    "recovery_after_kill_p95_s",
 }
 
 

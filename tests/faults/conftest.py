@@ -17,7 +17,8 @@ from genjobs.settings import load_settings
 from tests.faults.postgres import RestartablePostgres, pgbouncer_in_front
 from tests.stack import Stack, free_ports, running_stack
 
-# Ack deadline 12 s (the topology's 300 s scaled by 0.04): lease 9 s, model calls at most 6 s.
+# Ack deadline 12 s (the topology's 300 s scaled by 0.04): model calls at most 6 s; a running
+# attempt's lease of 3 s is renewed every second (the shipped 30 s and 10 s, scaled by 0.1).
 ACK_DEADLINE_SCALE = "0.04"
 # Backoff 2 s..120 s: five deliveries span 30 s, well beyond a few worker restarts (as on
 # Pub/Sub, where they span minutes and a restart takes seconds).
@@ -25,6 +26,7 @@ BACKOFF_SCALE = "0.2"
 FAULT_ENV = {
     "ACK_DEADLINE_SECONDS": "12",
     "LEASE_MARGIN_SECONDS": "3",
+    "HEARTBEAT_SECONDS": "1",
     "SWEEP_PUBLISH_GRACE_SECONDS": "2",
     "REPUBLISH_AFTER_SECONDS": "20",
     "DB_POOL_TIMEOUT_SECONDS": "3",

@@ -40,6 +40,22 @@ def event_counts(database: FaultDatabase, job_id: str) -> dict[str, int]:
         return {r.event: r.n for r in rows}
 
 
+def wait_for_job_log(
+    stack: Stack, service: str, needle: str, job_id: str, timeout: float = 60
+) -> str:
+    """The first line of a service's output with `needle` about this job."""
+    # The stack is shared: an earlier test's job may log the same message.
+    path = stack.logs / f"{service}.log"
+    deadline = time.monotonic() + timeout
+    while True:
+        text = path.read_text(errors="replace") if path.exists() else ""
+        for line in text.splitlines():
+            if needle in line and job_id in line:
+                return line
+        assert time.monotonic() < deadline, f"{needle!r} for {job_id} not in {service}'s output"
+        time.sleep(0.1)
+
+
 def test_worker_killed_between_model_call_and_commit(
     fault_stack: Stack, fault_database: FaultDatabase, crash_dir: Path
 ) -> None:
@@ -63,8 +79,8 @@ def test_worker_killed_between_commit_and_ack(
     job = fault_stack.wait_for(client, job_id, timeout=60)
     assert job["status"] == "succeeded" and job["attempts"] == 1, job
     # Pub/Sub never got the 2xx, so it delivers again; that delivery finds the job done.
-    line = fault_stack.wait_for_log("worker", "duplicate or late delivery", timeout=60)
-    assert job_id in line
+    line = wait_for_job_log(fault_stack, "worker", "duplicate or late delivery", job_id)
+    assert "delivery acked" in line
     assert not (crash_dir / "after_commit").exists()
     assert len(fault_stack.model_calls(marker)) == 1
     assert event_counts(fault_database, job_id)["succeeded"] == 1

@@ -122,6 +122,23 @@ def test_jobs_past_the_maximum_age_fail(
     assert expired.error["code"] == "expired"
 
 
+def test_old_job_running_under_a_live_lease_is_left_to_finish(
+    settings: Settings, clean_db: Database, job_factory: JobFactory
+) -> None:
+    running, dead = job_factory(), job_factory()
+    for job in (running, dead):
+        with clean_db.transaction() as conn:
+            assert store.claim_job(conn, job.id, 30, store.Delivery()).claimed
+        age(clean_db, job.id, "created_at", settings.max_job_age_seconds + 1)
+    # The dead one's worker stopped renewing its lease.
+    age(clean_db, dead.id, "lease_expires_at", 1)
+    assert make_sweeper(settings, clean_db, RecordingPublisher()).sweep().expired == 1
+    assert reload(clean_db, running.id).status is Status.PROCESSING
+    expired = reload(clean_db, dead.id)
+    assert expired.status is Status.FAILED and expired.error is not None
+    assert expired.error["code"] == "expired"
+
+
 def test_deferred_job_is_published_once_due(
     settings: Settings, clean_db: Database, job_factory: JobFactory
 ) -> None:

@@ -75,8 +75,12 @@ def test_timing_budget_is_checked_at_start() -> None:
         load_settings("worker", {"ACK_DEADLINE_SECONDS": "900"})
     with pytest.raises(ConfigurationError, match="LEASE_MARGIN_SECONDS"):
         load_settings("worker", {"ACK_DEADLINE_SECONDS": "60", "LEASE_MARGIN_SECONDS": "30"})
+    with pytest.raises(ConfigurationError, match="HEARTBEAT_SECONDS=11 makes a lease of 33s"):
+        load_settings("worker", {"HEARTBEAT_SECONDS": "11"})
     settings = load_settings("worker", {"ACK_DEADLINE_SECONDS": "300"})
-    assert settings.max_task_timeout_seconds < settings.lease_seconds < 300
+    assert settings.max_task_timeout_seconds < 300
+    # A short lease renewed by the heartbeat: a crashed worker's job is free within 30 s.
+    assert settings.lease_seconds == 3 * settings.heartbeat_seconds == 30
 
 
 def test_readme_documents_every_setting() -> None:

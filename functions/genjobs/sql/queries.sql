@@ -172,6 +172,14 @@ WITH job AS (
 )
 SELECT * FROM job
 
+-- name: renew_leases
+-- Heartbeat: extend the lease of each running attempt (job id, attempt number) that still owns its job; returns those that do (one missing was cancelled, finished or taken over).
+UPDATE generations g
+SET lease_expires_at = now() + make_interval(secs => :lease_seconds)
+FROM unnest(CAST(:ids AS uuid[]), CAST(:attempts AS int[])) AS running(id, attempt)
+WHERE g.id = running.id AND g.attempts = running.attempt AND g.ai_status = 'processing'
+RETURNING g.id, g.attempts
+
 -- name: fail_unfinished
 -- queued|processing → failed when no attempt holds a live lease (dead letter, spent attempts), with the given event.
 WITH job AS (
@@ -198,12 +206,14 @@ SELECT * FROM job
 -- nothing more. =====
 
 -- name: sweep_expire_old
--- queued|processing → failed (`expired`) for jobs older than :max_age seconds since creation or their last replay; returns how many.
+-- queued|processing → failed (`expired`) for jobs older than :max_age seconds since creation or their last replay, unless an attempt holds a live lease (it ends on its own); returns how many.
 WITH old AS (
   SELECT id FROM generations g
   CROSS JOIN (SELECT now() - make_interval(secs => :max_age) AS replay_cutoff) cutoff
   WHERE g.ai_status IN ('queued', 'processing')
     AND g.created_at < replay_cutoff
+    -- A running attempt renews its lease: it is expired once it stops (a crash).
+    AND (g.lease_expires_at IS NULL OR g.lease_expires_at < now())
     -- A replayed job's age starts again at its replay (`genjobs replay`, days later).
     AND NOT {{replayed_since}}
   ORDER BY g.created_at LIMIT :batch
