@@ -77,6 +77,10 @@ class GenerationRow(Base):
     model: Mapped[str | None] = mapped_column(Text)
     prompt_tokens: Mapped[int | None] = mapped_column(Integer)
     completion_tokens: Mapped[int | None] = mapped_column(Integer)
+    # The bound on one attempt's tokens, reserved against the daily budget at submit.
+    reserved_tokens: Mapped[int | None] = mapped_column(Integer)
+    # Reservations charged for attempts that died without reporting their usage.
+    reserve_charged_tokens: Mapped[int | None] = mapped_column(Integer)
     trace_id: Mapped[str | None] = mapped_column(Text)
     created_at: Mapped[datetime] = mapped_column(
         DateTime(timezone=True), server_default=text("now()")

@@ -77,7 +77,15 @@ LIMITS = load_settings(
 
 
 def test_under_every_limit_a_submit_passes() -> None:
-    check_limits(UserUsage(1, 2, 99, None), LIMITS, NOON)
+    check_limits(UserUsage(1, 2, 90, None), 10, LIMITS, NOON)
+
+
+def test_a_job_whose_bound_does_not_fit_beside_the_committed_tokens_is_refused() -> None:
+    # 90 committed (charged today or reserved by unfinished jobs): a bound of 11 overshoots.
+    with pytest.raises(RateLimited) as caught:
+        check_limits(UserUsage(0, 0, 90, None), 11, LIMITS, NOON)
+    assert caught.value.code == "token_budget_exhausted"
+    assert "up to 11 tokens; 10 of the daily budget of 100 are left" in str(caught.value.detail)
 
 
 @pytest.mark.parametrize(
@@ -85,14 +93,14 @@ def test_under_every_limit_a_submit_passes() -> None:
     [
         (UserUsage(2, 0, 0, None), "rate_limited", 60),
         (UserUsage(0, 3, 0, None), "too_many_active_jobs", 5),
-        (UserUsage(0, 0, 100, None), "token_budget_exhausted", 12 * 3600 + 1),
+        (UserUsage(0, 0, 101, None), "token_budget_exhausted", 12 * 3600 + 1),
     ],
 )
 def test_each_limit_answers_429_with_its_code_and_wait(
     usage: UserUsage, code: str, retry_after: int
 ) -> None:
     with pytest.raises(RateLimited) as caught:
-        check_limits(usage, LIMITS, NOON)
+        check_limits(usage, 0, LIMITS, NOON)
     assert caught.value.code == code and caught.value.retry_after == retry_after
     assert caught.value.type_uri.endswith("/" + code.replace("_", "-"))
 
