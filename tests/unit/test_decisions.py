@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import uuid
 from datetime import UTC, datetime
 
@@ -129,3 +130,17 @@ def test_requeued_and_due_jobs_are_published_once_and_failed_ones_not() -> None:
 def test_nothing_moved_plans_nothing() -> None:
     plan = plan_publish([], [])
     assert plan.to_publish == [] and plan.leases_requeued == plan.leases_failed == 0
+
+
+def test_a_jobs_token_bound_covers_its_prompt_bytes_and_max_output() -> None:
+    chat = TASKS["chat"]
+    short = chat.token_bound({"messages": [{"role": "user", "content": "hi"}]})
+    # Each multi-byte character may be a token per byte: the bound counts bytes, not characters.
+    wide = chat.token_bound({"messages": [{"role": "user", "content": "hé" * 100}]})
+    assert short > chat.max_output_tokens + len("hi")
+    assert wide - short == len(("hé" * 100).encode()) - len(b"hi")
+    # A structured task's schema is sent, and billed, with the prompt.
+    entities = TASKS["extract_entities"]
+    assert entities.token_bound({"text": "hi"}) > entities.max_output_tokens + len(
+        json.dumps(entities.output_schema)
+    )
