@@ -8,8 +8,8 @@ from datetime import UTC, datetime
 
 import pytest
 
-from genjobs.api.submit import check_limits, same_request
-from genjobs.errors import IdempotencyKeyReused, RateLimited
+from genjobs.api.submit import check_limits, same_request, token_bound
+from genjobs.errors import IdempotencyKeyReused, PayloadTooLarge, RateLimited
 from genjobs.jobs import Job, Usage
 from genjobs.model_client import ModelAnswer
 from genjobs.settings import load_settings
@@ -144,3 +144,12 @@ def test_a_jobs_token_bound_covers_its_prompt_bytes_and_max_output() -> None:
     assert entities.token_bound({"text": "hi"}) > entities.max_output_tokens + len(
         json.dumps(entities.output_schema)
     )
+
+
+def test_a_job_whose_bound_alone_exceeds_the_budget_is_too_large_not_rate_limited() -> None:
+    summarize = TASKS["summarize"]
+    fits = {"text": "x" * 10}
+    assert token_bound(summarize, fits, load_settings("api", {"DAILY_TOKEN_BUDGET": "2000"})) > 800
+    with pytest.raises(PayloadTooLarge) as caught:
+        token_bound(summarize, fits, load_settings("api", {"DAILY_TOKEN_BUDGET": "500"}))
+    assert "more than the daily budget of 500" in caught.value.detail

@@ -172,6 +172,19 @@ def check_limits(usage: store.UserUsage, bound: int, settings: Settings, now: da
         )
 
 
+def token_bound(task: Task, data: dict[str, Any], settings: Settings) -> int:
+    """The job's token bound; a job that alone could spend more than the budget is too large."""
+    bound = task.token_bound(data)
+    if bound > settings.daily_token_budget:
+        # Retrying cannot help (a 429 would say it can): the input has to shrink.
+        raise PayloadTooLarge(
+            f"this job may use up to {bound} tokens (its input's UTF-8 bytes plus "
+            f"{task.max_output_tokens} output tokens), more than the daily budget of "
+            f"{settings.daily_token_budget}"
+        )
+    return bound
+
+
 class SubmitService:
     """Stores a job (durable from then on) and publishes its id."""
 
@@ -194,11 +207,11 @@ class SubmitService:
         key = check_idempotency_key(idempotency_key)
         task, data, metadata = parse_submission(body, self.tasks, self.settings)
         fingerprint = request_hash(task.name, data, metadata)
+        bound = token_bound(task, data, self.settings)
         with self.db.transaction() as conn:
             usage = store.user_usage(conn, user_id, key)
             if usage.existing is not None:
                 return Submitted(same_request(usage.existing, fingerprint), replayed=True)
-            bound = task.token_bound(data)
             check_limits(usage, bound, self.settings, datetime.now(UTC))
             job = store.insert_job(
                 conn,
