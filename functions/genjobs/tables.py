@@ -51,6 +51,13 @@ class GenerationRow(Base):
             postgresql_where=text("ai_status IN ('queued', 'processing')"),
         ),
         Index("generations_finished_at", "finished_at"),
+        Index(
+            "generations_user_unsettled",
+            "user_id",
+            postgresql_where=text(
+                "ai_status IN ('queued', 'processing') OR lease_expires_at IS NOT NULL"
+            ),
+        ),
     )
 
     id: Mapped[uuid.UUID] = mapped_column(

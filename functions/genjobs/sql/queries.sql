@@ -12,21 +12,19 @@ EXISTS (
   WHERE l.generation_id = g.id AND l.event = 'replayed' AND l.created_at >= replay_cutoff)
 
 -- fragment: tokens_committed
--- The tokens user :user_id has committed against today's budget (the day is UTC's, whatever the session's TimeZone): what their jobs created today were charged, plus the bound of every job an attempt may still spend on (unfinished, or ended while an attempt held its lease); an attempt that never settled counts as charged its bound.
-(SELECT coalesce(sum(
-   CASE WHEN g.created_at >= d.utc_today
-        THEN coalesce(g.prompt_tokens, 0) + coalesce(g.completion_tokens, 0)
-             + coalesce(g.reserve_charged_tokens, 0)
-        ELSE 0 END
-   + CASE WHEN g.ai_status IN ('queued', 'processing') OR g.lease_expires_at > now()
-               OR (g.lease_expires_at IS NOT NULL AND g.created_at >= d.utc_today)
-          THEN coalesce(g.reserved_tokens, 0)
-          ELSE 0 END), 0)
- FROM generations g
- CROSS JOIN (SELECT date_trunc('day', now() AT TIME ZONE 'UTC') AT TIME ZONE 'UTC' AS utc_today) d
- WHERE g.user_id = :user_id
-   AND (g.created_at >= d.utc_today OR g.ai_status IN ('queued', 'processing')
-        OR g.lease_expires_at IS NOT NULL))
+-- The tokens user :user_id has committed against today's budget (the day is UTC's, whatever the session's TimeZone): what their jobs created today were charged (an ended job whose attempt never settled: its bound), plus the bound of every job an attempt may still spend on (unfinished, or ended while an attempt holds a live lease).
+((SELECT coalesce(sum(
+    coalesce(prompt_tokens, 0) + coalesce(completion_tokens, 0)
+    + coalesce(reserve_charged_tokens, 0)
+    + CASE WHEN ai_status NOT IN ('queued', 'processing') AND lease_expires_at <= now()
+           THEN coalesce(reserved_tokens, 0) ELSE 0 END), 0)
+  FROM generations
+  WHERE user_id = :user_id
+    AND created_at >= date_trunc('day', now() AT TIME ZONE 'UTC') AT TIME ZONE 'UTC')
+ + (SELECT coalesce(sum(coalesce(reserved_tokens, 0)), 0)
+    FROM generations
+    WHERE user_id = :user_id
+      AND (ai_status IN ('queued', 'processing') OR lease_expires_at > now())))
 
 -- fragment: charge_dead_attempt
 -- SET item for a statement that takes a job from an attempt whose lease expired: that attempt may have spent up to the job's bound and no usage reached us, so the bound is charged.
