@@ -25,6 +25,7 @@ def new_job(
     idempotency_key: str | None = None,
     trace_id: str | None = None,
     max_attempts: int = MAX_ATTEMPTS,
+    reserved_tokens: int = 0,
 ) -> store.NewJob:
     """A validated submission, as the api hands it to store.insert_job."""
     return store.NewJob(
@@ -36,6 +37,7 @@ def new_job(
         request_hash="h",
         trace_id=trace_id,
         max_attempts=max_attempts,
+        reserved_tokens=reserved_tokens,
     )
 
 

@@ -61,6 +61,9 @@ class StubCall(TypedDict):
     status: int | None  # None while in flight (or abandoned at shutdown); 499: client left
     at: float
     cut: bool  # stub:cut dropped this call's connection mid-answer
+    # What the model spent on the call, as a provider bills it: the prompt and every token
+    # generated (for a stream, those sent before it ended or the client left).
+    billed_tokens: int
 
 
 # ---------------------------------------------------------------- state and server
@@ -119,6 +122,7 @@ class _State:
                 status=None,
                 at=time.time(),
                 cut=False,
+                billed_tokens=0,
             )
             self._next_id += 1
             self._calls.append(call)
@@ -142,6 +146,11 @@ class _State:
             count = self._answers.get(prompt, 0) + 1
             self._answers[prompt] = count
         return count
+
+    def bill(self, call: StubCall, tokens: int) -> None:
+        """Add tokens the model spent on this call."""
+        with self._lock:
+            call["billed_tokens"] += tokens
 
     def mark_cut(self, call: StubCall) -> None:
         """Record that stub:cut dropped this call."""
@@ -376,13 +385,17 @@ class _Handler(BaseHTTPRequestHandler):
         state.finish(call, 200)
         if cut_after is not None:
             state.mark_cut(call)
+        state.bill(call, completion.prompt_tokens)
         try:
             if request.stream:
-                if not self._send_stream(request, completion, directives.pace_ms, cut_after):
+                sent = self._send_stream(request, completion, directives.pace_ms, cut_after, call)
+                if not sent:
                     state.finish(call, None if state.stopping.is_set() else 499)
             elif cut_after is not None:
-                self._drop_connection()  # a non-streamed answer is lost whole
+                state.bill(call, completion.completion_tokens)  # generated, then lost whole
+                self._drop_connection()
             else:
+                state.bill(call, completion.completion_tokens)
                 self._send_json(200, completion_object(request.model, completion))
         except ConnectionError:
             state.finish(call, 499)
@@ -462,7 +475,12 @@ class _Handler(BaseHTTPRequestHandler):
             self.close_connection = True
 
     def _send_stream(
-        self, request: ChatRequest, completion: Completion, pace_ms: float, cut_after: int | None
+        self,
+        request: ChatRequest,
+        completion: Completion,
+        pace_ms: float,
+        cut_after: int | None,
+        call: StubCall,
     ) -> bool:
         """A chat.completion.chunk SSE stream ending with ``data: [DONE]``; False if cut short.
 
@@ -481,6 +499,7 @@ class _Handler(BaseHTTPRequestHandler):
                 self._drop_connection()  # the client left, or the server is stopping
                 return False
             self._write_event(token)
+            self._server.state.bill(call, 1)
         if cut_after is not None:
             self._drop_connection()
             return True  # answered as scripted; the call record says cut

@@ -29,7 +29,7 @@ class UserUsage:
 
     submitted_last_minute: int
     active_jobs: int
-    tokens_today: int
+    tokens_committed: int  # charged today plus the bounds of jobs that may still spend
     existing: Job | None
 
 
@@ -45,6 +45,7 @@ class NewJob:
     request_hash: str
     trace_id: str | None
     max_attempts: int
+    reserved_tokens: int = 0  # the bound on one attempt's tokens (Task.token_bound)
 
 
 @dataclass(frozen=True)
@@ -105,6 +106,7 @@ def insert_job(conn: Connection, new: NewJob) -> Job | None:
                 "hash": new.request_hash,
                 "trace_id": new.trace_id,
                 "max_attempts": new.max_attempts,
+                "reserved_tokens": new.reserved_tokens,
             },
         )
         .mappings()
@@ -392,17 +394,25 @@ def append_delta(
     return int(written) if written is not None else None
 
 
-def charge_usage(conn: Connection, job_id: uuid.UUID, usage: Usage) -> None:
-    """Bill tokens whose outcome was not written to the job's user (budgets count them)."""
+def charge_usage(conn: Connection, job: Job, usage: Usage | None) -> None:
+    """Bill tokens whose outcome was not written to the job's user; once the job has ended,
+    settle this attempt (its reservation stops counting)."""
     conn.execute(
         query("charge_usage"),
         {
-            "id": job_id,
-            "model": usage.model,
-            "prompt_tokens": usage.prompt_tokens,
-            "completion_tokens": usage.completion_tokens,
+            "id": job.id,
+            "attempt": job.attempts,
+            "model": usage.model if usage else None,
+            "prompt_tokens": usage.prompt_tokens if usage else 0,
+            "completion_tokens": usage.completion_tokens if usage else 0,
         },
     )
+
+
+def attempt_within_budget(conn: Connection, user_id: uuid.UUID, budget: int) -> bool:
+    """Whether the user's committed tokens, a running job's own bound included, fit `budget`."""
+    params = {"user_id": user_id, "budget": budget}
+    return bool(conn.execute(query("attempt_within_budget"), params).scalar_one())
 
 
 def events_since(conn: Connection, job_id: uuid.UUID, after: int, limit: int) -> list[StreamEvent]:

@@ -51,6 +51,13 @@ class GenerationRow(Base):
             postgresql_where=text("ai_status IN ('queued', 'processing')"),
         ),
         Index("generations_finished_at", "finished_at"),
+        Index(
+            "generations_user_unsettled",
+            "user_id",
+            postgresql_where=text(
+                "ai_status IN ('queued', 'processing') OR lease_expires_at IS NOT NULL"
+            ),
+        ),
     )
 
     id: Mapped[uuid.UUID] = mapped_column(
@@ -77,6 +84,10 @@ class GenerationRow(Base):
     model: Mapped[str | None] = mapped_column(Text)
     prompt_tokens: Mapped[int | None] = mapped_column(Integer)
     completion_tokens: Mapped[int | None] = mapped_column(Integer)
+    # The bound on one attempt's tokens, reserved against the daily budget at submit.
+    reserved_tokens: Mapped[int | None] = mapped_column(Integer)
+    # Reservations charged for attempts that died without reporting their usage.
+    reserve_charged_tokens: Mapped[int | None] = mapped_column(Integer)
     trace_id: Mapped[str | None] = mapped_column(Text)
     created_at: Mapped[datetime] = mapped_column(
         DateTime(timezone=True), server_default=text("now()")

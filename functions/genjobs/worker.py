@@ -101,6 +101,11 @@ class Worker:
                 lease = self._settings.lease_seconds
                 claim = store.claim_job(conn, message.job_id, lease, delivery)
                 if claim.claimed:
+                    assert claim.job is not None
+                    # Submit reserved one attempt's bound; a retry must fit the budget again.
+                    affordable = claim.job.attempts <= 1 or store.attempt_within_budget(
+                        conn, claim.job.user_id, self._settings.daily_token_budget
+                    )
                     break
                 wait = self._lease_wait(claim) if may_wait else None
                 if wait is None:
@@ -111,6 +116,11 @@ class Worker:
             time.sleep(wait)
         # The claim's transaction is closed: no connection is held during the model call.
         assert claim.job is not None
+        if not affordable:
+            detail = "another attempt could spend more than the user's daily token budget"
+            return self._finish(
+                claim.job, delivery, Outcome.failed("token_budget_exhausted", detail)
+            )
         return self._run(claim.job, delivery)
 
     def _lease_wait(self, claim: store.ClaimResult) -> float | None:
@@ -223,10 +233,10 @@ class Worker:
             raise StreamStopped(answer.usage)
         return answer
 
-    def _charge(self, job: Job, usage: Usage) -> None:
+    def _charge(self, job: Job, usage: Usage | None) -> None:
         """Bill a call whose outcome is not written with the job (budgets count it)."""
         with self._db.transaction() as conn:
-            store.charge_usage(conn, job.id, usage)
+            store.charge_usage(conn, job, usage)
 
     def _retry(
         self,
@@ -272,6 +282,8 @@ class Worker:
                 "outcome discarded: the job was cancelled or taken over meanwhile",
                 extra=_extra(job, delivery),
             )
+            # The call's tokens are billed all the same, and a cancelled job's attempt settled.
+            self._charge(job, outcome.usage)
         return written
 
     def _release(self, job: Job, delivery: Delivery, decision: retry.RetryDecision) -> None:

@@ -265,7 +265,11 @@ def test_stream_cut_is_a_broken_stream_then_transient(streaming: OpenAI) -> None
     assert whole[-1].usage.completion_tokens == 30
     text = "".join(c.choices[0].delta.content or "" for c in whole if c.choices)
     assert text.startswith("".join(received))
-    assert [c["cut"] for c in stub_calls(streaming, "cut me")] == [True, False]
+    calls = stub_calls(streaming, "cut me")
+    assert [c["cut"] for c in calls] == [True, False]
+    # Billed as a provider does: the prompt, and each token generated before the cut.
+    prompt_tokens = whole[-1].usage.prompt_tokens
+    assert [c["billed_tokens"] for c in calls] == [prompt_tokens + 7, prompt_tokens + 30]
 
 
 def test_stream_cut_past_the_end_still_breaks(streaming: OpenAI) -> None:
@@ -290,6 +294,7 @@ def test_errors_before_a_stream_are_http_errors(streaming: OpenAI) -> None:
     with pytest.raises(openai.RateLimitError) as info:
         stream(streaming, "stub:429 stub:pace=10")
     assert info.value.response.headers["retry-after"] == "1"
+    assert [c["billed_tokens"] for c in stub_calls(streaming, "stub:429 stub:pace=10")] == [0]
     with pytest.raises(openai.InternalServerError):
         stream(streaming, "once stub:fail=500x1 stub:cut=2")
     with pytest.raises(openai.APIConnectionError):  # stub:cut counts answers, not failures

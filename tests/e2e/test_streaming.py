@@ -125,6 +125,8 @@ def test_a_stream_cut_mid_answer_resets_then_completes(stack: Stack) -> None:
     assert text_of(events, attempt=2) == events[-1].data["result"]["text"]
     statuses = [e.data["status"] for e in events if e.event == "status"]
     assert "queued" in statuses[1:], statuses
+    # The broken attempt's five tokens are billed to the user with the answer's twenty.
+    assert events[-1].data["usage"]["completion_tokens"] == 5 + 20
 
 
 def test_cancel_mid_stream_stops_the_model_and_bills_what_it_wrote(stack: Stack) -> None:

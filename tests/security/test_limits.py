@@ -158,19 +158,36 @@ def test_unfinished_jobs_are_limited_per_user(
 def test_spent_daily_token_budget_is_429_with_its_own_type(
     security_stack: SecurityStack, client: httpx.Client, openapi_document: dict[str, Any]
 ) -> None:
-    """DAILY_TOKEN_BUDGET: once spent, submits are refused until UTC midnight."""
-    expensive = client.post("/v1/generations", json=summarize("stub:tokens=700 spend it"))
-    assert expensive.status_code == 202
+    """DAILY_TOKEN_BUDGET: a job whose bound no longer fits is refused until UTC midnight."""
+    budget = LIMITS["DAILY_TOKEN_BUDGET"]
+    # About 9,000 prompt tokens and 700 more of answer: over a third of the budget.
+    expensive = client.post("/v1/generations", json=summarize("a " * 9_000 + "stub:tokens=700"))
+    assert expensive.status_code == 202, expensive.text
     job = security_stack.wait_for(client, expensive.json()["id"])
     assert job["status"] == "succeeded", job
-    assert job["usage"]["completion_tokens"] > LIMITS["DAILY_TOKEN_BUDGET"]
-    refused = client.post("/v1/generations", json=summarize())
+    spent = job["usage"]["prompt_tokens"] + job["usage"]["completion_tokens"]
+    assert spent > budget // 3
+    # A full-size input may use more tokens than are left: refused, although some are.
+    refused = client.post("/v1/generations", json=summarize("x" * TEXT_LIMIT))
     body = problem(refused, 429, "token-budget-exhausted")
-    assert str(LIMITS["DAILY_TOKEN_BUDGET"]) in body["detail"]
+    assert f"{budget - spent} of the daily budget of {budget} are left" in body["detail"]
     assert 1 <= int(refused.headers["Retry-After"]) <= 24 * 3600 + 1
     assert_conforms(openapi_document, refused)
+    assert client.post("/v1/generations", json=summarize()).status_code == 202  # still fits
     with security_stack.client() as other:
-        assert other.post("/v1/generations", json=summarize()).status_code == 202
+        fresh = other.post("/v1/generations", json=summarize("x" * TEXT_LIMIT))
+        assert fresh.status_code == 202
+
+
+def test_a_job_that_could_spend_more_than_the_whole_budget_is_413(
+    client: httpx.Client, openapi_document: dict[str, Any]
+) -> None:
+    """Its bound (input bytes plus max output) is over the budget: a retry cannot help."""
+    turns = [{"role": "user", "content": "x" * 8_000}] * 4  # about 33,000 tokens at most
+    response = client.post("/v1/generations", json={"task": "chat", "input": {"messages": turns}})
+    body = problem(response, 413, "payload-too-large")
+    assert f"more than the daily budget of {LIMITS['DAILY_TOKEN_BUDGET']}" in body["detail"]
+    assert_conforms(openapi_document, response)
 
 
 def test_max_output_tokens_is_sent_and_caps_the_bill(

@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
+import json
 import uuid
 from datetime import UTC, datetime
 
 import pytest
 
-from genjobs.api.submit import check_limits, same_request
-from genjobs.errors import IdempotencyKeyReused, RateLimited
+from genjobs.api.submit import check_limits, same_request, token_bound
+from genjobs.errors import IdempotencyKeyReused, PayloadTooLarge, RateLimited
 from genjobs.jobs import Job, Usage
 from genjobs.model_client import ModelAnswer
 from genjobs.settings import load_settings
@@ -77,7 +78,15 @@ LIMITS = load_settings(
 
 
 def test_under_every_limit_a_submit_passes() -> None:
-    check_limits(UserUsage(1, 2, 99, None), LIMITS, NOON)
+    check_limits(UserUsage(1, 2, 90, None), 10, LIMITS, NOON)
+
+
+def test_a_job_whose_bound_does_not_fit_beside_the_committed_tokens_is_refused() -> None:
+    # 90 committed (charged today or reserved by unfinished jobs): a bound of 11 overshoots.
+    with pytest.raises(RateLimited) as caught:
+        check_limits(UserUsage(0, 0, 90, None), 11, LIMITS, NOON)
+    assert caught.value.code == "token_budget_exhausted"
+    assert "up to 11 tokens; 10 of the daily budget of 100 are left" in str(caught.value.detail)
 
 
 @pytest.mark.parametrize(
@@ -85,14 +94,14 @@ def test_under_every_limit_a_submit_passes() -> None:
     [
         (UserUsage(2, 0, 0, None), "rate_limited", 60),
         (UserUsage(0, 3, 0, None), "too_many_active_jobs", 5),
-        (UserUsage(0, 0, 100, None), "token_budget_exhausted", 12 * 3600 + 1),
+        (UserUsage(0, 0, 101, None), "token_budget_exhausted", 12 * 3600 + 1),
     ],
 )
 def test_each_limit_answers_429_with_its_code_and_wait(
     usage: UserUsage, code: str, retry_after: int
 ) -> None:
     with pytest.raises(RateLimited) as caught:
-        check_limits(usage, LIMITS, NOON)
+        check_limits(usage, 0, LIMITS, NOON)
     assert caught.value.code == code and caught.value.retry_after == retry_after
     assert caught.value.type_uri.endswith("/" + code.replace("_", "-"))
 
@@ -121,3 +130,26 @@ def test_requeued_and_due_jobs_are_published_once_and_failed_ones_not() -> None:
 def test_nothing_moved_plans_nothing() -> None:
     plan = plan_publish([], [])
     assert plan.to_publish == [] and plan.leases_requeued == plan.leases_failed == 0
+
+
+def test_a_jobs_token_bound_covers_its_prompt_bytes_and_max_output() -> None:
+    chat = TASKS["chat"]
+    short = chat.token_bound({"messages": [{"role": "user", "content": "hi"}]})
+    # Each multi-byte character may be a token per byte: the bound counts bytes, not characters.
+    wide = chat.token_bound({"messages": [{"role": "user", "content": "hé" * 100}]})
+    assert short > chat.max_output_tokens + len("hi")
+    assert wide - short == len(("hé" * 100).encode()) - len(b"hi")
+    # A structured task's schema is sent, and billed, with the prompt.
+    entities = TASKS["extract_entities"]
+    assert entities.token_bound({"text": "hi"}) > entities.max_output_tokens + len(
+        json.dumps(entities.output_schema)
+    )
+
+
+def test_a_job_whose_bound_alone_exceeds_the_budget_is_too_large_not_rate_limited() -> None:
+    summarize = TASKS["summarize"]
+    fits = {"text": "x" * 10}
+    assert token_bound(summarize, fits, load_settings("api", {"DAILY_TOKEN_BUDGET": "2000"})) > 800
+    with pytest.raises(PayloadTooLarge) as caught:
+        token_bound(summarize, fits, load_settings("api", {"DAILY_TOKEN_BUDGET": "500"}))
+    assert "more than the daily budget of 500" in caught.value.detail

@@ -100,7 +100,10 @@ def _paths() -> dict[str, Any]:
                         {**_LOCATION, "Idempotent-Replayed": {"schema": {"type": "string"}}},
                     ),
                     "400": _problem("Body is not JSON."),
-                    "413": _problem("Body or metadata too large."),
+                    "413": _problem(
+                        "Body or metadata too large, or a job that could spend more than the "
+                        "daily token budget."
+                    ),
                     "415": _problem("Body is not application/json."),
                     "422": _problem("Validation failed or Idempotency-Key reused."),
                     "429": _problem("Rate limit, active jobs or token budget.", _RETRY_AFTER),

@@ -145,8 +145,9 @@ def same_request(existing: Job, fingerprint: str) -> Job:
     return existing
 
 
-def check_limits(usage: store.UserUsage, settings: Settings, now: datetime) -> None:
-    """Refuse a submit over the user's rate, unfinished jobs or daily tokens (429)."""
+def check_limits(usage: store.UserUsage, bound: int, settings: Settings, now: datetime) -> None:
+    """Refuse a submit over the user's rate, unfinished jobs or daily tokens (429): the job's
+    token `bound` must fit beside what is charged today and reserved by unfinished jobs."""
     s = settings
     if usage.submitted_last_minute >= s.submits_per_minute:
         raise RateLimited(
@@ -160,13 +161,28 @@ def check_limits(usage: store.UserUsage, settings: Settings, now: datetime) -> N
             retry_after=5,
             code="too_many_active_jobs",
         )
-    if usage.tokens_today >= s.daily_token_budget:
+    if usage.tokens_committed + bound > s.daily_token_budget:
         midnight = (now + timedelta(days=1)).replace(hour=0, minute=0, second=0, microsecond=0)
+        left = max(0, s.daily_token_budget - usage.tokens_committed)
         raise RateLimited(
-            f"the daily budget of {s.daily_token_budget} tokens is spent",
+            f"this job may use up to {bound} tokens; {left} of the daily budget of "
+            f"{s.daily_token_budget} are left (spent or reserved by unfinished jobs)",
             retry_after=int((midnight - now).total_seconds()) + 1,
             code="token_budget_exhausted",
         )
+
+
+def token_bound(task: Task, data: dict[str, Any], settings: Settings) -> int:
+    """The job's token bound; a job that alone could spend more than the budget is too large."""
+    bound = task.token_bound(data)
+    if bound > settings.daily_token_budget:
+        # Retrying cannot help (a 429 would say it can): the input has to shrink.
+        raise PayloadTooLarge(
+            f"this job may use up to {bound} tokens (its input's UTF-8 bytes plus "
+            f"{task.max_output_tokens} output tokens), more than the daily budget of "
+            f"{settings.daily_token_budget}"
+        )
+    return bound
 
 
 class SubmitService:
@@ -191,11 +207,12 @@ class SubmitService:
         key = check_idempotency_key(idempotency_key)
         task, data, metadata = parse_submission(body, self.tasks, self.settings)
         fingerprint = request_hash(task.name, data, metadata)
+        bound = token_bound(task, data, self.settings)
         with self.db.transaction() as conn:
             usage = store.user_usage(conn, user_id, key)
             if usage.existing is not None:
                 return Submitted(same_request(usage.existing, fingerprint), replayed=True)
-            check_limits(usage, self.settings, datetime.now(UTC))
+            check_limits(usage, bound, self.settings, datetime.now(UTC))
             job = store.insert_job(
                 conn,
                 store.NewJob(
@@ -207,6 +224,7 @@ class SubmitService:
                     request_hash=fingerprint,
                     trace_id=trace_id,
                     max_attempts=MAX_ATTEMPTS,
+                    reserved_tokens=bound,
                 ),
             )
             if job is None:

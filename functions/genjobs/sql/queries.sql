@@ -11,6 +11,27 @@ EXISTS (
   SELECT 1 FROM generation_logs l
   WHERE l.generation_id = g.id AND l.event = 'replayed' AND l.created_at >= replay_cutoff)
 
+-- fragment: tokens_committed
+-- The tokens user :user_id has committed against today's budget (the day is UTC's, whatever the session's TimeZone): what their jobs created today were charged (an ended job whose attempt never settled: its bound), plus the bound of every job an attempt may still spend on (unfinished, or ended while an attempt holds a live lease).
+((SELECT coalesce(sum(
+    coalesce(prompt_tokens, 0) + coalesce(completion_tokens, 0)
+    + coalesce(reserve_charged_tokens, 0)
+    + CASE WHEN ai_status NOT IN ('queued', 'processing') AND lease_expires_at <= now()
+           THEN coalesce(reserved_tokens, 0) ELSE 0 END), 0)
+  FROM generations
+  WHERE user_id = :user_id
+    AND created_at >= date_trunc('day', now() AT TIME ZONE 'UTC') AT TIME ZONE 'UTC')
+ + (SELECT coalesce(sum(coalesce(reserved_tokens, 0)), 0)
+    FROM generations
+    WHERE user_id = :user_id
+      AND (ai_status IN ('queued', 'processing') OR lease_expires_at > now())))
+
+-- fragment: charge_dead_attempt
+-- SET item for a statement that takes a job from an attempt whose lease expired: that attempt may have spent up to the job's bound and no usage reached us, so the bound is charged.
+reserve_charged_tokens = coalesce(reserve_charged_tokens, 0)
+  + CASE WHEN ai_status = 'processing' AND lease_expires_at < now()
+         THEN coalesce(reserved_tokens, 0) ELSE 0 END
+
 
 -- ===== Submit (api) =====
 
@@ -19,25 +40,24 @@ EXISTS (
 SELECT pg_advisory_xact_lock(hashtextextended(CAST(:user_id AS text), 7))
 
 -- name: user_usage
--- The user's submits in the last minute, unfinished jobs, tokens today, and the job with this idempotency key.
+-- The user's submits in the last minute, unfinished jobs, tokens committed today (charged and reserved), and the job with this idempotency key.
 SELECT
   (SELECT count(*) FROM generations
     WHERE user_id = :user_id AND created_at > now() - interval '1 minute') AS recent,
   (SELECT count(*) FROM generations
     WHERE user_id = :user_id AND ai_status IN ('queued', 'processing')) AS active,
-  (SELECT coalesce(sum(coalesce(prompt_tokens, 0) + coalesce(completion_tokens, 0)), 0)
-    FROM generations
-    WHERE user_id = :user_id AND created_at >= date_trunc('day', now())) AS tokens,
+  {{tokens_committed}} AS tokens,
   (SELECT row_to_json(g) FROM generations g
     WHERE g.user_id = :user_id AND g.idempotency_key = :key) AS existing
 
 -- name: insert_job
--- Insert a queued job and its `queued` event; no row when the idempotency key exists.
+-- Insert a queued job with its reserved token bound and its `queued` event; no row when the idempotency key exists.
 WITH job AS (
   INSERT INTO generations
-    (user_id, task, input, metadata, idempotency_key, request_hash, trace_id, max_attempts)
+    (user_id, task, input, metadata, idempotency_key, request_hash, trace_id, max_attempts,
+     reserved_tokens)
   VALUES (:user_id, :task, CAST(:input AS jsonb), CAST(:metadata AS jsonb), :key, :hash,
-          :trace_id, :max_attempts)
+          :trace_id, :max_attempts, :reserved_tokens)
   ON CONFLICT (user_id, idempotency_key) DO NOTHING
   RETURNING *
 ), log AS (
@@ -98,8 +118,9 @@ WHERE g.id = :id
 -- queued|processing → cancelled for the user's job, with a `cancelled` event; no row if it has ended or is not theirs.
 WITH job AS (
   UPDATE generations
+  -- The lease is kept: until its attempt settles (charge_usage), the job's reservation counts.
   SET ai_status = 'cancelled', cancel_requested_at = now(), finished_at = now(),
-      lease_expires_at = NULL, updated_at = now(),
+      updated_at = now(),
       error = jsonb_build_object('code', 'cancelled', 'message', 'cancelled by the user')
   WHERE id = :id AND user_id = :user_id AND ai_status IN ('queued', 'processing')
   RETURNING *
@@ -115,7 +136,8 @@ WITH claimed AS (
   UPDATE generations
   SET ai_status = 'processing', attempts = attempts + 1,
       lease_expires_at = now() + make_interval(secs => :lease_seconds),
-      started_at = coalesce(started_at, now()), updated_at = now()
+      started_at = coalesce(started_at, now()), updated_at = now(),
+      {{charge_dead_attempt}}
   WHERE id = :id AND attempts < max_attempts
     AND (not_before IS NULL OR not_before <= now())
     AND (ai_status = 'queued' OR (ai_status = 'processing' AND lease_expires_at < now()))
@@ -185,6 +207,7 @@ RETURNING g.id, g.attempts
 WITH job AS (
   UPDATE generations
   SET ai_status = 'failed', lease_expires_at = NULL, finished_at = now(), updated_at = now(),
+      {{charge_dead_attempt}},
       error = jsonb_build_object('code', CAST(:error_code AS text),
                                  'message', CAST(:error_message AS text))
   WHERE id = :id AND ai_status IN ('queued', 'processing')
@@ -221,7 +244,7 @@ WITH old AS (
 ), failed AS (
   UPDATE generations g
   SET ai_status = 'failed', lease_expires_at = NULL, not_before = NULL,
-      finished_at = now(), updated_at = now(),
+      finished_at = now(), updated_at = now(), {{charge_dead_attempt}},
       error = jsonb_build_object('code', 'expired',
                                  'message', 'not finished within the maximum job age')
   FROM old WHERE g.id = old.id
@@ -246,7 +269,7 @@ WITH expired AS (
   UPDATE generations g
   SET ai_status = CASE WHEN g.attempts >= g.max_attempts THEN 'failed' ELSE 'queued' END,
       finished_at = CASE WHEN g.attempts >= g.max_attempts THEN now() END,
-      lease_expires_at = NULL, updated_at = now(),
+      lease_expires_at = NULL, updated_at = now(), {{charge_dead_attempt}},
       error = jsonb_build_object(
         'code', CASE WHEN g.attempts >= g.max_attempts THEN 'attempts_exhausted'
                      ELSE 'lease_expired' END,
@@ -406,13 +429,19 @@ SELECT id, user_id, attempts, :seq, :text FROM job
 RETURNING id
 
 -- name: charge_usage
--- Add the tokens of a model call whose outcome was not written (cancelled, taken over, cut mid-stream) to the job's totals, whatever its status: every call is billed to its user.
+-- Add the tokens of a model call whose outcome was not written (cancelled, taken over, cut mid-stream) to the job's totals, whatever its status: every call is billed to its user; once the job has ended, attempt :attempt's lease is settled (its reservation stops counting).
 UPDATE generations
 SET prompt_tokens = coalesce(prompt_tokens, 0) + :prompt_tokens,
     completion_tokens = coalesce(completion_tokens, 0) + :completion_tokens,
     model = coalesce(model, CAST(:model AS text)),
+    lease_expires_at = CASE WHEN ai_status IN ('queued', 'processing') OR attempts <> :attempt
+                            THEN lease_expires_at END,
     updated_at = now()
 WHERE id = :id
+
+-- name: attempt_within_budget
+-- Whether user :user_id's committed tokens (tokens_committed: the running job's own bound included) fit in :budget; checked before a retry attempt calls the model.
+SELECT {{tokens_committed}} <= :budget
 
 -- name: job_events_since
 -- A job's events and streamed text with an id above `after`, in id order (deltas share the log's id sequence, so one SSE id orders both).

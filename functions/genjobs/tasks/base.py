@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -9,6 +10,11 @@ from typing import Any
 from pydantic import BaseModel, ConfigDict
 
 Message = dict[str, str]
+
+# Tokens a chat request spends around its messages' text: each message's framing (OpenAI
+# documents 3-4 per message) and the reply's priming (3). Generous on purpose: a bound.
+TOKENS_PER_MESSAGE = 8
+TOKENS_PER_REQUEST = 8
 
 
 class TaskInput(BaseModel):
@@ -38,3 +44,15 @@ class Task:
     def messages_for(self, raw_input: dict[str, Any]) -> list[Message]:
         """Validate stored input again and build the prompt from it."""
         return self.build_messages(self.input_model.model_validate(raw_input))
+
+    def token_bound(self, raw_input: dict[str, Any]) -> int:
+        """The most tokens one model call for this input can bill: prompt plus max output."""
+        # No token is shorter than one UTF-8 byte, so the prompt's bytes bound its tokens;
+        # a structured task's JSON Schema is sent, and billed, with the prompt.
+        prompt = sum(
+            len(m["role"].encode()) + len(m["content"].encode()) + TOKENS_PER_MESSAGE
+            for m in self.messages_for(raw_input)
+        )
+        if self.output_schema is not None:
+            prompt += len(json.dumps(self.output_schema).encode())
+        return prompt + TOKENS_PER_REQUEST + self.max_output_tokens
