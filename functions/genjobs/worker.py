@@ -38,6 +38,8 @@ log = logging.getLogger(__name__)
 
 # Added to a wait for another attempt's lease: the database's clock may run a little ahead.
 LEASE_WAIT_SLACK_SECONDS = 0.5
+# A delivery watching another attempt's lease looks again this often (one claim statement).
+LEASE_LOOK_SECONDS = 1.0
 
 
 # A refused claim is acked (the push answer's outcome, and why), never nacked: a nack spends
@@ -96,7 +98,8 @@ class Worker:
 
     def _process(self, message: PushMessage) -> PushAnswer:
         delivery = Delivery(message.message_id, message.delivery_attempt)
-        for may_wait in (True, False):
+        seen_lease: datetime | None = None
+        while True:
             with self._db.transaction() as conn:
                 lease = self._settings.lease_seconds
                 claim = store.claim_job(conn, message.job_id, lease, delivery)
@@ -107,12 +110,14 @@ class Worker:
                         conn, claim.job.user_id, self._settings.daily_token_budget
                     )
                     break
-                wait = self._lease_wait(claim) if may_wait else None
+                wait = self._lease_wait(claim, seen_lease)
                 if wait is None:
                     return self._not_claimed(conn, claim, message, delivery)
+                seen_lease = claim.job.lease_expires_at if claim.job else None
             # Pub/Sub redelivers a crashed worker's push within seconds: rather than ack it
-            # and leave the job to the sweeper, outwait the short lease (no connection held);
-            # a live attempt has renewed it by then and this delivery is acked.
+            # and leave the job to the sweeper, watch the short lease (no connection held
+            # between looks) and take the job when it runs out; a live attempt renews it, and
+            # a finished one ends the watch at the next look: this delivery is then acked.
             time.sleep(wait)
         # The claim's transaction is closed: no connection is held during the model call.
         assert claim.job is not None
@@ -123,15 +128,21 @@ class Worker:
             )
         return self._run(claim.job, delivery)
 
-    def _lease_wait(self, claim: store.ClaimResult) -> float | None:
-        """Seconds until another attempt's lease runs out, if that is within one lease."""
+    def _lease_wait(self, claim: store.ClaimResult, seen_lease: datetime | None) -> float | None:
+        """How long to wait before looking again at a job another attempt holds; None: ack now.
+
+        None once that attempt has renewed its lease since the last look (it is alive), or for
+        a lease longer than heartbeats take (the sweeper recovers those).
+        """
         job = claim.job
         if claim.refused is not Refusal.LEASE_LIVE or job is None or job.lease_expires_at is None:
             return None
+        if seen_lease is not None and job.lease_expires_at > seen_lease:
+            return None
         left = (job.lease_expires_at - datetime.now(UTC)).total_seconds()
         if left > self._settings.lease_seconds + LEASE_WAIT_SLACK_SECONDS:
-            return None  # a lease taken before heartbeats (long): the sweeper recovers it
-        return max(0.0, left) + LEASE_WAIT_SLACK_SECONDS
+            return None
+        return min(max(0.0, left) + LEASE_WAIT_SLACK_SECONDS, LEASE_LOOK_SECONDS)
 
     def _not_claimed(
         self, conn: Connection, claim: store.ClaimResult, message: PushMessage, delivery: Delivery
