@@ -21,6 +21,7 @@ from bench import (
     dispatch,
     end_to_end,
     peer,
+    streaming_figures,
     submit,
 )
 from bench.load import first_success
@@ -62,6 +63,7 @@ ORDER = (
     "concurrency_peak_db_connections",
     "dispatch_p50_ms",
     "dispatch_p95_ms",
+    *streaming_figures.ORDER,
 )
 
 
@@ -360,6 +362,7 @@ def run(size: Size, workdir: Path) -> tuple[list[Figure], dict[str, Any]]:
             warm_up(stack)
             figures += throughput(stack, size, logs)
             figures += concurrent_jobs(stack, size, logs)
+            figures += streaming_figures.on_stack(stack, size, logs)
             # Pauses the worker for its baseline, as the cold starts do: both come last.
             figures += dispatch_latency(stack, size)
             cold, details = cold_starts(stack, size, logs)
@@ -368,6 +371,7 @@ def run(size: Size, workdir: Path) -> tuple[list[Figure], dict[str, Any]]:
             stack.supervisor.stop()
         # Last, on a stack of its own: its functions reach Postgres through counting proxies.
         figures += database_work(db, size, logs / "db-work")
+        figures += streaming_figures.on_counted_stack(db, size, logs / "stream-work")
     figures.sort(key=lambda f: ORDER.index(f.key))
     details["settings"] = {
         "api_threads": API_THREADS,

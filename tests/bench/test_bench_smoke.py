@@ -32,6 +32,15 @@ FIGURES = {
     "concurrency_peak_db_connections",
     "dispatch_p50_ms",
     "dispatch_p95_ms",
+    "first_token_p50_ms",
+    "first_token_p95_ms",
+    "streamed_job_cpu_ms",
+    "streamed_job_statements",
+    "streamed_concurrency_ratio",
+    "streamed_concurrency_peak_rss_mib",
+    "streamed_concurrency_peak_db_connections",
+    "open_stream_statements_per_s",
+    "open_stream_cpu_ms_per_s",
 }
 
 
@@ -66,5 +75,13 @@ def test_tiny_bench_writes_every_figure_next_to_its_baseline(tmp_path: Path) -> 
     # The peer ran as many jobs as our pipeline did, every one of them to success.
     peer = figures["peer_procrastinate_jobs_per_s"]["details"]
     assert peer["jobs"] == peer["succeeded"] == figures["end_to_end_jobs_per_s"]["details"]["jobs"]
+    # Every streamed job reached its first text over SSE, later than the model's own first chunk.
+    first = figures["first_token_p50_ms"]
+    assert first["details"]["succeeded"] == len(first["details"]["samples_s"]) > 0
+    assert first["value"] > first["baseline"]
+    # Streamed jobs wrote their text (delta rows) and the held streams polled the database.
+    assert figures["streamed_job_statements"]["details"]["delta_rows_per_job"] >= 1
+    assert figures["open_stream_statements_per_s"]["value"] > 0
+    assert figures["streamed_concurrency_ratio"]["details"]["succeeded"] > 0
     assert document["size"] == "tiny" and document["machine"]["cpus"] >= 1
     assert "1. submit req/s" in done.stdout
