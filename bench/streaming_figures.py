@@ -25,6 +25,7 @@ ORDER = (
     "open_stream_cpu_ms_per_s",
 )
 STREAMED_PHASE = "concurrency-streamed"
+CLIENT = "bench"  # cpu_seconds' group of the bench's own process
 
 
 def log(message: str) -> None:
@@ -39,6 +40,9 @@ def on_stack(stack: Stack, size: Size, logs: Path) -> list[Figure]:
     first = first_token.measure(stack, size)
     cpu_pipeline = first.cpu_ms_per_job("pipeline")
     cpu_direct = first.cpu_ms_per_job("direct")
+    # The bench is the client (SSE reader, openai SDK): the figure is every other process.
+    served = sum(ms for name, ms in cpu_pipeline.items() if name != CLIENT)
+    served_direct = sum(ms for name, ms in cpu_direct.items() if name != CLIENT)
     figures = [
         Figure(
             "first_token_p50_ms",
@@ -67,10 +71,10 @@ def on_stack(stack: Stack, size: Size, logs: Path) -> list[Figure]:
         ),
         Figure(
             "streamed_job_cpu_ms",
-            "8. CPU per streamed job, all processes",
-            sum(cpu_pipeline.values()),
+            "8. CPU per streamed job, all processes but the client",
+            served,
             "ms",
-            sum(cpu_direct.values()) or 0.01,
+            served_direct or 0.01,
             "the same call, direct",
             details={"pipeline": cpu_pipeline, "direct": cpu_direct},
         ),
