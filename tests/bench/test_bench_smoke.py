@@ -45,7 +45,7 @@ FIGURES = {
 
 
 @pytest.mark.e2e
-@pytest.mark.timeout(120)
+@pytest.mark.timeout(170)
 def test_tiny_bench_writes_every_figure_next_to_its_baseline(tmp_path: Path) -> None:
     out = tmp_path / "latest.json"
     env = dict(os.environ)
@@ -58,7 +58,7 @@ def test_tiny_bench_writes_every_figure_next_to_its_baseline(tmp_path: Path) -> 
         env=env,
         capture_output=True,
         text=True,
-        timeout=110,
+        timeout=160,
         check=False,
     )
     assert done.returncode == 0, done.stderr[-3000:]
