@@ -7,6 +7,7 @@ Both run on a stack of their own whose api and worker reach Postgres through cou
 from __future__ import annotations
 
 import contextlib
+import http.client
 import threading
 import time
 from collections.abc import Iterator
@@ -215,8 +216,6 @@ def _poll(
     sent = [0] * len(ids)
 
     def client(index: int) -> None:
-        import http.client
-
         connection = http.client.HTTPConnection("127.0.0.1", port, timeout=30)
         headers = {"Authorization": f"Bearer {tokens[index]}"}
         started.wait()
@@ -271,8 +270,6 @@ def _hold(
 
 def _cancel(port: int, job_id: str, token: str) -> None:
     """Stop a held job's model call (the worker learns it at its next write)."""
-    import http.client
-
     connection = http.client.HTTPConnection("127.0.0.1", port, timeout=30)
     try:
         headers = {"Authorization": f"Bearer {token}"}
