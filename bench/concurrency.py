@@ -69,23 +69,31 @@ class _Sampler(threading.Thread):
         self.active = max(self.active, int(row["active"]))
 
 
-def measure(stack: Stack, size: Size, logs: Path) -> Concurrency:
-    """Run `size.concurrent_jobs` slow jobs at once on the worker and watch it."""
+def measure(
+    stack: Stack,
+    size: Size,
+    logs: Path,
+    *,
+    prompt: str | None = None,
+    phase: str = PHASE,
+) -> Concurrency:
+    """Run `size.concurrent_jobs` slow jobs at once on the worker and watch it; `prompt` (the
+    stub's directives) must take the model `size.sleep_seconds`, as `stub:sleep` does."""
     # The jobs are created through the api, then their ids published in one batch so all reach
     # the worker together: how fast the api submits is figure 1's business.
-    prompt = f"stub:sleep={size.sleep_seconds:g}"
+    prompt = prompt or f"stub:sleep={size.sleep_seconds:g}"
     connections = min(SUBMIT_CONNECTIONS, size.concurrent_jobs)
     with sink_api(stack, logs) as (port, _):
         run_load(
             port,
-            lambda i: stack.submit_request(i, PHASE, prompt),
+            lambda i: stack.submit_request(i, phase, prompt),
             concurrency=connections,
             limit_per_thread=size.concurrent_jobs // connections,
         )
     ids = [
         str(row["id"])
         for row in stack.db.rows(
-            "SELECT id FROM generations WHERE metadata->>'bench' = :phase", {"phase": PHASE}
+            "SELECT id FROM generations WHERE metadata->>'bench' = :phase", {"phase": phase}
         )
     ]
     client = publisher(stack, batch=len(ids))
@@ -97,7 +105,7 @@ def measure(stack: Stack, size: Size, logs: Path) -> Concurrency:
         futures = [client.publish(topic, job_id.encode(), task="summarize") for job_id in ids]
         for future in futures:
             future.result(timeout=30)
-        stack.wait_for_phase(PHASE, len(ids), timeout=60 + 3 * size.sleep_seconds)
+        stack.wait_for_phase(phase, len(ids), timeout=60 + 3 * size.sleep_seconds)
     finally:
         sampler.done.set()
         sampler.join()
@@ -106,7 +114,7 @@ def measure(stack: Stack, size: Size, logs: Path) -> Concurrency:
         " extract(epoch FROM max(finished_at) - min(started_at)) AS worker,"
         " extract(epoch FROM max(started_at) - min(started_at)) AS starts"
         " FROM generations WHERE metadata->>'bench' = :phase",
-        {"phase": PHASE},
+        {"phase": phase},
     )[0]
     return Concurrency(
         jobs=int(span["jobs"]),

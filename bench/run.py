@@ -22,6 +22,7 @@ from bench import (
     end_to_end,
     peer,
     recovery,
+    streaming_figures,
     submit,
 )
 from bench.load import first_success, percentile
@@ -65,6 +66,7 @@ ORDER = (
     "dispatch_p95_ms",
     "recovery_after_kill_p50_s",
     "recovery_after_kill_p95_s",
+    *streaming_figures.ORDER,
 )
 
 
@@ -391,6 +393,7 @@ def run(size: Size, workdir: Path) -> tuple[list[Figure], dict[str, Any]]:
             warm_up(stack)
             figures += throughput(stack, size, logs)
             figures += concurrent_jobs(stack, size, logs)
+            figures += streaming_figures.on_stack(stack, size, logs)
             # Pauses the worker for its baseline, as the cold starts do: both come last.
             figures += dispatch_latency(stack, size)
             cold, details = cold_starts(stack, size, logs)
@@ -400,6 +403,7 @@ def run(size: Size, workdir: Path) -> tuple[list[Figure], dict[str, Any]]:
         # Last, on a stack of its own: its functions reach Postgres through counting proxies.
         figures += database_work(db, size, logs / "db-work")
         figures += recovery_after_kill(db, size, logs / "recovery")
+        figures += streaming_figures.on_counted_stack(db, size, logs / "stream-work")
     figures.sort(key=lambda f: ORDER.index(f.key))
     details["settings"] = {
         "api_threads": API_THREADS,

@@ -21,6 +21,11 @@ class Size:
     concurrent_jobs: int
     sleep_seconds: float  # model latency of the concurrency figure (stub:sleep)
     dispatch_jobs: int
+    stream_jobs: int  # streamed jobs followed over SSE, one at a time (time to first token)
+    stream_tokens: int  # their length, in stub tokens
+    stream_pace_ms: float  # time per token (also the streamed concurrency figure's pace)
+    open_streams: int  # SSE streams held open on one api instance
+    stream_window_seconds: float  # how long their work is measured
 
 
 TINY = Size(
@@ -36,6 +41,11 @@ TINY = Size(
     concurrent_jobs=10,
     sleep_seconds=1.0,
     dispatch_jobs=5,
+    stream_jobs=3,
+    stream_tokens=5,
+    stream_pace_ms=20,
+    open_streams=4,
+    stream_window_seconds=1.0,
 )
 FULL = Size(
     name="full",
@@ -50,5 +60,10 @@ FULL = Size(
     concurrent_jobs=100,
     sleep_seconds=5.0,
     dispatch_jobs=100,
+    stream_jobs=20,
+    stream_tokens=20,
+    stream_pace_ms=50,
+    open_streams=100,
+    stream_window_seconds=5.0,
 )
 SIZES = {size.name: size for size in (TINY, FULL)}

@@ -3,6 +3,11 @@ output "api_url" {
   value       = google_cloudfunctions2_function.this["api"].service_config[0].uri
 }
 
+output "cloud_run_services" {
+  description = "The Cloud Run service of each function, space-separated (Cloud Build turns on their startup CPU boost, which google_cloudfunctions2_function cannot set)."
+  value       = join(" ", sort([for function in google_cloudfunctions2_function.this : function.name]))
+}
+
 output "function_urls" {
   description = "Deterministic Cloud Run URL of each function, as used for push endpoints, OIDC audiences and PUSH_AUDIENCE."
   value       = local.function_urls

@@ -34,11 +34,20 @@ FIGURES = {
     "dispatch_p95_ms",
     "recovery_after_kill_p50_s",
     "recovery_after_kill_p95_s",
+    "first_token_p50_ms",
+    "first_token_p95_ms",
+    "streamed_job_cpu_ms",
+    "streamed_job_statements",
+    "streamed_concurrency_ratio",
+    "streamed_concurrency_peak_rss_mib",
+    "streamed_concurrency_peak_db_connections",
+    "open_stream_statements_per_s",
+    "open_stream_cpu_ms_per_s",
 }
 
 
 @pytest.mark.e2e
-@pytest.mark.timeout(120)
+@pytest.mark.timeout(170)
 def test_tiny_bench_writes_every_figure_next_to_its_baseline(tmp_path: Path) -> None:
     out = tmp_path / "latest.json"
     env = dict(os.environ)
@@ -51,7 +60,7 @@ def test_tiny_bench_writes_every_figure_next_to_its_baseline(tmp_path: Path) -> 
         env=env,
         capture_output=True,
         text=True,
-        timeout=110,
+        timeout=160,
         check=False,
     )
     assert done.returncode == 0, done.stderr[-3000:]
@@ -68,5 +77,13 @@ def test_tiny_bench_writes_every_figure_next_to_its_baseline(tmp_path: Path) -> 
     # The peer ran as many jobs as our pipeline did, every one of them to success.
     peer = figures["peer_procrastinate_jobs_per_s"]["details"]
     assert peer["jobs"] == peer["succeeded"] == figures["end_to_end_jobs_per_s"]["details"]["jobs"]
+    # Every streamed job reached its first text over SSE, later than the model's own first chunk.
+    first = figures["first_token_p50_ms"]
+    assert first["details"]["succeeded"] == len(first["details"]["samples_s"]) > 0
+    assert first["value"] > first["baseline"]
+    # Streamed jobs wrote their text (delta rows) and the held streams polled the database.
+    assert figures["streamed_job_statements"]["details"]["delta_rows_per_job"] >= 1
+    assert figures["open_stream_statements_per_s"]["value"] > 0
+    assert figures["streamed_concurrency_ratio"]["details"]["succeeded"] > 0
     assert document["size"] == "tiny" and document["machine"]["cpus"] >= 1
     assert "1. submit req/s" in done.stdout

@@ -35,6 +35,7 @@ BUILT_INS = {
 }
 TERRAFORM_IMAGE = re.compile(r"^hashicorp/terraform:\$\{_TF_VERSION\}$")
 PYTHON_IMAGE = "python:3.11"
+GCLOUD_IMAGE = "gcr.io/google.com/cloudsdktool/cloud-sdk:slim"
 # `$$` is a literal dollar; `${NAME}` and `$NAME` are substitutions.
 SUBSTITUTION = re.compile(r"\$\$|\$\{([^}]*)\}|\$([A-Za-z_][A-Za-z0-9_]*)")
 
@@ -175,6 +176,8 @@ def test_images() -> None:
         if current["id"].startswith("terraform-") or current["id"] == "api-url":
             assert TERRAFORM_IMAGE.match(current["name"]), current["id"]
             assert current.get("dir") == "infra", current["id"]
+        elif current["id"] == "cpu-boost":
+            assert current["name"] == GCLOUD_IMAGE
         else:
             assert current["name"] == PYTHON_IMAGE, current["id"]
 
@@ -236,3 +239,24 @@ def test_migrations_and_smoke_test() -> None:
     smoke = script("smoke-test")
     assert "curl -fsS" in smoke
     assert "/healthz" in smoke
+
+
+def test_startup_cpu_boost_is_turned_on_for_every_function_after_apply() -> None:
+    """google_cloudfunctions2_function cannot set it: gcloud sets it on each service."""
+    assert runs_before("terraform-apply", "terraform-services")
+    assert runs_before("terraform-services", "cpu-boost")
+    assert runs_before("cpu-boost", "smoke-test")
+    services = script("terraform-services")
+    assert "terraform output -raw cloud_run_services > /workspace/cloud_run_services" in services
+    boost = script("cpu-boost")
+    assert "for service in $$(cat /workspace/cloud_run_services)" in boost
+    assert re.search(r'gcloud run services update "\$\$service" --cpu-boost', boost)
+    assert "--region=${_REGION}" in boost and "--project=${PROJECT_ID}" in boost
+    # The output names every function's service (the resource's for_each, all four).
+    outputs = (INFRA / "outputs.tf").read_text()
+    assert re.search(
+        r'output "cloud_run_services" \{[^}]*for function in '
+        r"google_cloudfunctions2_function\.this : function\.name",
+        outputs,
+    )
+    assert "startup_cpu_boost" not in (INFRA / "functions.tf").read_text()
