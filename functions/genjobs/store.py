@@ -221,6 +221,14 @@ def claim_job(
 
 
 @dataclass(frozen=True)
+class StreamTail:
+    """The last piece of an attempt's streamed text, and its place in the stream."""
+
+    seq: int
+    text: str
+
+
+@dataclass(frozen=True)
 class Outcome:
     """How an attempt ended, as written to the job and its log row."""
 
@@ -235,6 +243,8 @@ class Outcome:
     latency_ms: int | None = None
     # A rate-limited attempt waits this long, and does not count against the job's budget.
     defer_seconds: float | None = None
+    # Streamed text the attempt had not written yet: written with the outcome.
+    tail: StreamTail | None = None
 
     @property
     def status(self) -> Status:
@@ -242,9 +252,11 @@ class Outcome:
         return TRANSITIONS[self.event].target
 
     @classmethod
-    def succeeded(cls, result: Any, usage: Usage, latency_ms: int) -> Outcome:
+    def succeeded(
+        cls, result: Any, usage: Usage, latency_ms: int, tail: StreamTail | None = None
+    ) -> Outcome:
         """The model answered within the task's contract."""
-        return cls(Event.SUCCEEDED, result=result, usage=usage, latency_ms=latency_ms)
+        return cls(Event.SUCCEEDED, result=result, usage=usage, latency_ms=latency_ms, tail=tail)
 
     @classmethod
     def failed(
@@ -294,6 +306,8 @@ def finish_attempt(conn: Connection, job: Job, outcome: Outcome, delivery: Deliv
                 "defer": outcome.defer_seconds,
                 "message_id": delivery.message_id,
                 "delivery_attempt": delivery.delivery_attempt,
+                "tail_seq": outcome.tail.seq if outcome.tail else None,
+                "tail_text": outcome.tail.text if outcome.tail else None,
             },
         )
         .mappings()

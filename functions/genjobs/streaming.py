@@ -9,6 +9,7 @@ from collections.abc import Callable
 from genjobs import store
 from genjobs.db import Database
 from genjobs.jobs import Job
+from genjobs.store import StreamTail
 
 
 class DeltaWriter:
@@ -47,6 +48,14 @@ class DeltaWriter:
         if self._seq == 0 or self._clock() - self._last_write >= self._flush_seconds:
             return self.flush()
         return self.owned
+
+    def take_tail(self) -> StreamTail | None:
+        """The text not written yet, for the outcome's own write; None if none is pending."""
+        if not self._pending:
+            return None
+        tail = StreamTail(self._seq, "".join(self._pending))
+        self._pending.clear()
+        return tail
 
     def flush(self) -> bool:
         """Write what is pending; False once the attempt has lost the job."""

@@ -30,7 +30,7 @@ from genjobs.push import (
 )
 from genjobs.settings import Settings
 from genjobs.statuses import Event, Status
-from genjobs.store import Delivery, Outcome, Refusal
+from genjobs.store import Delivery, Outcome, Refusal, StreamTail
 from genjobs.streaming import DeltaWriter
 from genjobs.tasks.base import Message, Task
 
@@ -196,7 +196,7 @@ class Worker:
         started = self._clock()
         try:
             with self._heartbeat.holding(job) as lost:
-                answer = self._call_model(job, task, messages, timeout, lost)
+                answer, tail = self._call_model(job, task, messages, timeout, lost)
             crash_point("after_model_call")
         except StreamStopped as stopped:
             # Cancelled or taken over while streaming: the call was closed, its tokens billed.
@@ -218,19 +218,23 @@ class Worker:
                 self._release(job, delivery, decision)
                 raise
             return self._retry(job, delivery, error, decision, self._since(started))
-        outcome = Outcome.succeeded(stored_result(task, answer), answer.usage, self._since(started))
+        result = stored_result(task, answer)
+        outcome = Outcome.succeeded(result, answer.usage, self._since(started), tail)
         return self._finish(job, delivery, outcome)
 
     def _call_model(
         self, job: Job, task: Task, messages: list[Message], timeout: float, lost: threading.Event
-    ) -> ModelAnswer:
-        """Free-text tasks stream, structured ones answer whole; StreamStopped once it is lost."""
+    ) -> tuple[ModelAnswer, StreamTail | None]:
+        """Free-text tasks stream, structured ones answer whole; StreamStopped once it is lost.
+
+        Also the streamed text not written yet: it goes with the outcome's write.
+        """
         if task.output_schema is not None:
             answer = self._model.generate(task, messages, timeout=timeout)
             if lost.is_set():
                 # The heartbeat found the job cancelled or taken over: nothing to write.
                 raise StreamStopped(answer.usage)
-            return answer
+            return answer, None
         writer = DeltaWriter(
             self._db,
             job,
@@ -240,9 +244,9 @@ class Worker:
             clock=self._clock,
         )
         answer = self._model.stream(task, messages, timeout=timeout, on_text=writer)
-        if not writer.flush():
+        if not writer.owned or lost.is_set():
             raise StreamStopped(answer.usage)
-        return answer
+        return answer, writer.take_tail()
 
     def _charge(self, job: Job, usage: Usage | None) -> None:
         """Bill a call whose outcome is not written with the job (budgets count it)."""

@@ -235,8 +235,8 @@ def test_cancel_during_the_call_refuses_the_late_write(
             store.cancel_job(conn, job.id, job.user_id)
 
     answer = make_worker(settings, clean_db, Around(model, cancel)).handle(TOKEN, envelope(job.id))
-    # The text's last write is refused: the attempt stops there, and its tokens are billed.
-    assert answer.status == 200 and answer.body["outcome"] == "stopped"
+    # Its outcome (with the stream's last text) is refused, and its tokens are billed.
+    assert answer.status == 200 and answer.body["outcome"] == "fenced"
     cancelled = reload(clean_db, job.id)
     assert cancelled.status is Status.CANCELLED and cancelled.result is None
     assert events(clean_db, job.id) == ["queued", "started", "cancelled"]
@@ -268,8 +268,8 @@ def test_lease_expiry_takeover_fences_the_first_worker(
 
     first = make_worker(settings, clean_db, Around(model, expire_and_redeliver))
     answer = first.handle(TOKEN, envelope(job.id, "m-1", 1))
-    # Its last text write is refused (fenced by the attempt): the first attempt stops there.
-    assert answer.status == 200 and answer.body["outcome"] == "stopped"
+    # Its outcome (with the stream's last text) is refused: fenced by the attempt number.
+    assert answer.status == 200 and answer.body["outcome"] == "fenced"
     assert taken[0].status == 200 and taken[0].body["outcome"] == "succeeded"
     done = reload(clean_db, job.id)
     assert done.status is Status.SUCCEEDED and done.attempts == 2

@@ -184,13 +184,28 @@ WITH job AS (
       updated_at = now()
   WHERE id = :id AND ai_status = 'processing' AND attempts = :attempt
   RETURNING *
+), ids AS (
+  -- The stream's last text must come before the outcome's event in id (SSE) order, and
+  -- data-modifying CTEs run in no set order: both ids are taken here, in order.
+  SELECT nextval('generation_logs_id_seq') AS text_id,
+         nextval('generation_logs_id_seq') AS event_id
+  FROM job
+), tail AS (
+  -- The streamed text not yet written, if any (saves the attempt a transaction of its own).
+  INSERT INTO generation_deltas (id, generation_id, user_id, attempt, seq, text)
+  SELECT ids.text_id, job.id, job.user_id, job.attempts, CAST(:tail_seq AS int),
+         CAST(:tail_text AS text)
+  FROM job, ids
+  WHERE CAST(:tail_text AS text) IS NOT NULL
 ), log AS (
   INSERT INTO generation_logs
-    (generation_id, user_id, event, ai_status, attempt, message_id, delivery_attempt,
+    (id, generation_id, user_id, event, ai_status, attempt, message_id, delivery_attempt,
      model, prompt_tokens, completion_tokens, latency_ms, error_code, detail)
-  SELECT id, user_id, :event, :status, attempts, :message_id, :delivery_attempt,
-         :model, :prompt_tokens, :completion_tokens, :latency_ms, :error_code, :error_message
-  FROM job
+  OVERRIDING SYSTEM VALUE
+  SELECT ids.event_id, job.id, job.user_id, :event, :status, job.attempts, :message_id,
+         :delivery_attempt, :model, :prompt_tokens, :completion_tokens, :latency_ms,
+         :error_code, :error_message
+  FROM job, ids
 )
 SELECT * FROM job
 
