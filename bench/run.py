@@ -415,6 +415,15 @@ def run(size: Size, workdir: Path) -> tuple[list[Figure], dict[str, Any]]:
     return figures, details
 
 
+def show_logs(workdir: Path, lines: int = 15) -> None:
+    """The last lines of every process's output, on stderr."""
+    for path in sorted(workdir.rglob("*.log")):
+        tail = path.read_text(errors="replace").splitlines()[-lines:]
+        log(f"--- {path.relative_to(workdir)} (last {len(tail)} lines)")
+        for line in tail:
+            print(line[:400], file=sys.stderr)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Parse arguments, run the bench, print the table and write the JSON."""
     parser = argparse.ArgumentParser(prog="python -m bench", description=__doc__)
@@ -425,7 +434,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     started = time.monotonic()
     load_at_start = [round(x, 2) for x in os.getloadavg()]
     with tempfile.TemporaryDirectory(prefix="genjobs-bench-") as workdir:
-        figures, details = run(size, Path(workdir))
+        try:
+            figures, details = run(size, Path(workdir))
+        except BaseException:
+            show_logs(Path(workdir))  # the workdir goes with the error: say what it saw first
+            raise
     elapsed = time.monotonic() - started
     meta = {
         "size": size.name,

@@ -63,7 +63,7 @@ def test_tiny_bench_writes_every_figure_next_to_its_baseline(tmp_path: Path) -> 
         timeout=160,
         check=False,
     )
-    assert done.returncode == 0, done.stderr[-3000:]
+    assert done.returncode == 0, done.stderr[-12000:]
     document = json.loads(out.read_text())
     figures = {figure["key"]: figure for figure in document["figures"]}
     assert set(figures) == FIGURES
