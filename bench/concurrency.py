@@ -5,12 +5,16 @@ from __future__ import annotations
 import threading
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from bench.load import run_load
+from bench.report import Figure
 from bench.sizes import Size
 from bench.stack import APP_NAME, Stack, publisher, tree_rss
 from bench.submit import sink_api
 from devstack.dev import PROJECT
+
+MIB = 2**20
 
 PHASE = "concurrency"
 SAMPLE_SECONDS = 0.05
@@ -126,3 +130,59 @@ def measure(
         peak_connections=sampler.connections,
         peak_active_connections=sampler.active,
     )
+
+
+def figures(
+    conc: Concurrency,
+    bare_rss: float,
+    pool_size: int,
+    *,
+    key: str,
+    title: str,
+    details: dict[str, Any],
+) -> list[Figure]:
+    """Jobs/s against the ideal, peak RSS against the bare app's, connections against the pool.
+
+    `key` prefixes the figures' keys, `title` their names ("5. …"); `details` go with the first.
+    """
+    number, _, name = title.partition(" ")
+    suffix = ", streaming" if "streamed" in name else ""
+    return [
+        Figure(
+            f"{key}_ratio",
+            title,
+            conc.jobs_per_second,
+            "jobs/s",
+            conc.ideal_jobs_per_second,
+            "ideal",
+            0.9,
+            "ratio>=",
+            {
+                **details,
+                "succeeded": conc.succeeded,
+                "worker_seconds": conc.worker_seconds,
+                "start_spread_seconds": conc.start_spread_seconds,
+            },
+        ),
+        Figure(
+            f"{key}_peak_rss_mib",
+            f"{number} worker peak RSS{suffix}",
+            conc.peak_rss_bytes / MIB,
+            "MiB",
+            bare_rss / MIB,
+            "bare app, same threads",
+            256,
+            "value<=",
+        ),
+        Figure(
+            f"{key}_peak_db_connections",
+            f"{number} worker peak DB connections{suffix}",
+            conc.peak_connections,
+            "",
+            pool_size,
+            "DB_POOL_SIZE",
+            5,
+            "value<=",
+            {"peak_active": conc.peak_active_connections},
+        ),
+    ]

@@ -42,7 +42,6 @@ from genjobs.settings import Settings
 
 DEFAULT_OUT = ROOT / "bench" / "results" / "latest.json"
 WARM_UP_PHASE = "warm-up"
-MIB = 2**20
 DB_POOL_SIZE = Settings.db_pool_size  # the shipped default
 ORDER = (
     "submit_rps",
@@ -208,46 +207,17 @@ def concurrent_jobs(stack: Stack, size: Size, logs: Path) -> list[Figure]:
     )
     stack.users(size.users)
     conc = concurrency.measure(stack, size, logs)
-    return [
-        Figure(
-            "concurrency_ratio",
-            f"5. {conc.jobs} concurrent {conc.sleep_seconds:g} s jobs",
-            conc.jobs_per_second,
-            "jobs/s",
-            conc.ideal_jobs_per_second,
-            "ideal",
-            0.9,
-            "ratio>=",
-            {
-                "succeeded": conc.succeeded,
-                "worker_seconds": conc.worker_seconds,
-                "start_spread_seconds": conc.start_spread_seconds,
-                "worker_threads": WORKER_THREADS,
-                "max_outstanding_pushes": MAX_OUTSTANDING_PUSHES,
-            },
-        ),
-        Figure(
-            "concurrency_peak_rss_mib",
-            "5. worker peak RSS",
-            conc.peak_rss_bytes / MIB,
-            "MiB",
-            bare_rss / MIB,
-            "bare app, same threads",
-            256,
-            "value<=",
-        ),
-        Figure(
-            "concurrency_peak_db_connections",
-            "5. worker peak DB connections",
-            conc.peak_connections,
-            "",
-            DB_POOL_SIZE,
-            "DB_POOL_SIZE",
-            5,
-            "value<=",
-            {"peak_active": conc.peak_active_connections},
-        ),
-    ]
+    return concurrency.figures(
+        conc,
+        bare_rss,
+        DB_POOL_SIZE,
+        key="concurrency",
+        title=f"5. {conc.jobs} concurrent {conc.sleep_seconds:g} s jobs",
+        details={
+            "worker_threads": WORKER_THREADS,
+            "max_outstanding_pushes": MAX_OUTSTANDING_PUSHES,
+        },
+    )
 
 
 def cold_starts(stack: Stack, size: Size, logs: Path) -> tuple[list[Figure], dict[str, Any]]:

@@ -12,7 +12,6 @@ from bench.sizes import Size
 from bench.stack import WORKER_THREADS, BenchDatabase, Stack
 from genjobs.settings import Settings
 
-MIB = 2**20
 ORDER = (
     "first_token_p50_ms",
     "first_token_p95_ms",
@@ -90,46 +89,14 @@ def on_stack(stack: Stack, size: Size, logs: Path) -> list[Figure]:
         seconds=max(1.0, size.load_seconds / 2),
     )
     conc = concurrency.measure(stack, size, logs, prompt=prompt, phase=STREAMED_PHASE)
-    figures += [
-        Figure(
-            "streamed_concurrency_ratio",
-            f"9. {conc.jobs} concurrent streamed {conc.sleep_seconds:g} s jobs",
-            conc.jobs_per_second,
-            "jobs/s",
-            conc.ideal_jobs_per_second,
-            "ideal",
-            0.9,
-            "ratio>=",
-            {
-                "prompt": prompt,
-                "succeeded": conc.succeeded,
-                "worker_seconds": conc.worker_seconds,
-                "start_spread_seconds": conc.start_spread_seconds,
-                "stream_flush_ms": Settings.stream_flush_ms,
-            },
-        ),
-        Figure(
-            "streamed_concurrency_peak_rss_mib",
-            "9. worker peak RSS, streaming",
-            conc.peak_rss_bytes / MIB,
-            "MiB",
-            bare_rss / MIB,
-            "bare app, same threads",
-            256,
-            "value<=",
-        ),
-        Figure(
-            "streamed_concurrency_peak_db_connections",
-            "9. worker peak DB connections, streaming",
-            conc.peak_connections,
-            "",
-            Settings.db_pool_size,
-            "DB_POOL_SIZE",
-            5,
-            "value<=",
-            {"peak_active": conc.peak_active_connections},
-        ),
-    ]
+    figures += concurrency.figures(
+        conc,
+        bare_rss,
+        Settings.db_pool_size,
+        key="streamed_concurrency",
+        title=f"9. {conc.jobs} concurrent streamed {conc.sleep_seconds:g} s jobs",
+        details={"prompt": prompt, "stream_flush_ms": Settings.stream_flush_ms},
+    )
     return figures
 
 
