@@ -323,14 +323,14 @@ def database_work(db: BenchDatabase, size: Size, logs: Path) -> list[Figure]:
 
 
 def recovery_after_kill(db: BenchDatabase, size: Size, logs: Path) -> list[Figure]:
-    """Figure 7: SIGKILL of the worker → its jobs `succeeded`, against undisturbed jobs."""
-    log("7. recovery after a SIGKILLed worker")
+    """Figure 11: SIGKILL of the worker → its jobs `succeeded`, against undisturbed jobs."""
+    log("11. recovery after a SIGKILLed worker")
     rec = recovery.measure(db, size, logs)
     base = "undisturbed job (submit→succeeded)"
     return [
         Figure(
             "recovery_after_kill_p50_s",
-            "7. kill→succeeded p50",
+            "11. kill→succeeded p50",
             percentile(rec.killed_seconds, 0.5),
             "s",
             percentile(rec.baseline_seconds, 0.5),
@@ -339,7 +339,7 @@ def recovery_after_kill(db: BenchDatabase, size: Size, logs: Path) -> list[Figur
         ),
         Figure(
             "recovery_after_kill_p95_s",
-            "7. kill→succeeded p95",
+            "11. kill→succeeded p95",
             percentile(rec.killed_seconds, 0.95),
             "s",
             percentile(rec.baseline_seconds, 0.95),
