@@ -1,4 +1,4 @@
-"""Named points where the local fault suite kills the worker at the worst moment.
+"""Named points where the local fault suite kills a function at the worst moment.
 
 Inert unless GENJOBS_ENV=local and GENJOBS_CRASH_DIR names a folder: a file there named
 after a point is removed by the first process to reach that point, which then dies with

@@ -104,8 +104,15 @@ def publish_job(
     task: str,
     trace_id: str | None,
     was_published: bool = False,
+    record: bool = True,
 ) -> PublishResult:
-    """Publish a committed job and record it; on failure leave it to the sweeper."""
+    """Publish a committed job; on failure leave it to the sweeper.
+
+    `record` writes `published_at` and a `published` event after the publish (the sweeper and
+    replay, which are off any request's path). A submit does not: its job stays "never
+    published", so a publish that failed, or an api that died before publishing, is the
+    sweeper's after its grace period; the delivery that claims the job records its message id.
+    """
     # The only way jobs are published (submit, replay, sweeper). A failed publish of a job
     # published before clears `published_at`, so the sweeper takes it after the grace period
     # rather than the republish interval; a job never published needs no write for that.
@@ -119,6 +126,8 @@ def publish_job(
             with db.transaction() as conn:
                 store.unmark_published(conn, job_id)
         return PublishResult(None, error)
+    if not record:
+        return PublishResult(message_id)
     try:
         with db.transaction() as conn:
             store.mark_published(conn, job_id, message_id)

@@ -41,9 +41,9 @@ def log_rows(db: Database, job_id: str) -> list[dict[str, Any]]:
         return [dict(r) for r in rows]
 
 
-def events(db: Database, job_id: str, published: int | None = 1) -> list[str]:
-    """The job's events in order, `published` set aside: the api records it after the
-    publish returns, which may be after the worker has started (counted here)."""
+def events(db: Database, job_id: str, published: int | None = 0) -> list[str]:
+    """The job's events in order, `published` set aside (counted here): a submit's publish
+    writes none (the `started` row has its message id), the sweeper's and replay's do."""
     all_events = [r["event"] for r in log_rows(db, job_id)]
     if published is not None:
         assert all_events.count("published") == published, all_events

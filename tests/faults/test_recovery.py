@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+import pytest
 from sqlalchemy import text
 
 from devstack.supervisor import Supervisor, free_port, function_service
@@ -153,3 +154,41 @@ def test_publish_failure_still_accepts_and_the_sweeper_publishes(
     job: dict[str, Any] = fault_stack.wait_for(client, job_id, timeout=60)
     assert job["status"] == "succeeded"
     assert event_counts(fault_database, job_id)["published"] == 1
+
+
+def test_api_killed_between_commit_and_publish_runs_the_job_once(
+    fault_stack: Stack, fault_database: FaultDatabase, tmp_path: Path
+) -> None:
+    # An api instance that dies (SIGKILL, as an instance can) right after the job's commit,
+    # before its publish: the client sees no answer, and nothing reached Pub/Sub.
+    crashes = tmp_path / "crashes"
+    crashes.mkdir()
+    (crashes / "api_after_commit").touch()
+    port = free_port()
+    env = {
+        "GENJOBS_ENV": "local",
+        "DATABASE_URL": fault_database.app_url,
+        "GENJOBS_CRASH_DIR": str(crashes),
+    }
+    api = Supervisor([function_service("api", port, env, name="api-dies")], output_dir=tmp_path)
+    api.start()
+    key = f"killed-before-publish-{uuid.uuid4()}"
+    body = {"task": "summarize", "input": {"text": f"api dies {uuid.uuid4().hex}"}}
+    client = fault_stack.client()
+    try:
+        client.base_url = httpx.URL(f"http://127.0.0.1:{port}")
+        with pytest.raises(httpx.TransportError):
+            client.post("/v1/generations", json=body, headers={"Idempotency-Key": key})
+    finally:
+        api.stop()
+    assert not (crashes / "api_after_commit").exists(), "the api never reached its crash point"
+    # The client retries with its key on a live instance: the stored job, not a second one.
+    client.base_url = httpx.URL(fault_stack.api_url)
+    retried = client.post("/v1/generations", json=body, headers={"Idempotency-Key": key})
+    assert retried.status_code == 200, retried.text
+    job_id = retried.json()["id"]
+    # Only the sweeper publishes it, after its grace period; it runs once.
+    job: dict[str, Any] = fault_stack.wait_for(client, job_id, timeout=60)
+    assert job["status"] == "succeeded" and job["attempts"] == 1
+    counts = event_counts(fault_database, job_id)
+    assert counts["published"] == 1 and counts["started"] == 1 and counts["succeeded"] == 1

@@ -14,6 +14,7 @@ from pydantic import ValidationError
 
 from genjobs import store
 from genjobs.api.schemas import SubmitRequest
+from genjobs.crashpoints import crash_point
 from genjobs.db import Database
 from genjobs.errors import (
     IdempotencyKeyReused,
@@ -234,9 +235,10 @@ class SubmitService:
                 if existing is None:
                     raise RuntimeError("the insert conflicted but no job holds its key")
                 return Submitted(same_request(existing, fingerprint), replayed=True)
-        self._publish(job)
+        crash_point("api_after_commit")
+        # Stored is accepted: the publish writes nothing more, and a failed one (or this
+        # process dying here) leaves the job to the sweeper's grace period.
+        publish_job(
+            self.db, self.publisher, job.id, task=job.task, trace_id=job.trace_id, record=False
+        )
         return Submitted(job, replayed=False)
-
-    def _publish(self, job: Job) -> None:
-        """Publish after commit; a failure leaves the job queued for the sweeper."""
-        publish_job(self.db, self.publisher, job.id, task=job.task, trace_id=job.trace_id)
