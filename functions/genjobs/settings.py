@@ -90,6 +90,9 @@ class Settings:
     # api's 60 s request timeout; clients resume with Last-Event-ID) and sends a comment
     # heartbeat when idle so proxies keep it open.
     stream_flush_ms: int = 200
+    # The first text waits this long for more before it is written: an answer that arrives
+    # whole is then written once, with its outcome, and first words still show at once.
+    stream_first_flush_ms: int = 25
     stream_poll_ms: int = 250
     # Until a stream's first text arrives, it polls this often (time to first token).
     stream_first_poll_ms: int = 50
@@ -244,6 +247,7 @@ _PLAIN: dict[str, tuple[str, Callable[[str], object], str]] = {
     "MAX_ACTIVE_JOBS": ("max_active_jobs", _positive_int, "a positive integer"),
     "DAILY_TOKEN_BUDGET": ("daily_token_budget", _positive_int, "a positive integer"),
     "STREAM_FLUSH_MS": ("stream_flush_ms", _positive_int, "a positive integer"),
+    "STREAM_FIRST_FLUSH_MS": ("stream_first_flush_ms", _positive_int, "a positive integer"),
     "STREAM_POLL_MS": ("stream_poll_ms", _positive_int, "a positive integer"),
     "STREAM_FIRST_POLL_MS": ("stream_first_poll_ms", _positive_int, "a positive integer"),
     "STREAM_MAX_SECONDS": ("stream_max_seconds", _positive_int, "a positive integer"),

@@ -239,11 +239,16 @@ class Worker:
             self._db,
             job,
             flush_seconds=self._settings.stream_flush_ms / 1000,
+            first_seconds=self._settings.stream_first_flush_ms / 1000,
             lease_seconds=self._settings.lease_seconds,
             lost=lost,
             clock=self._clock,
         )
-        answer = self._model.stream(task, messages, timeout=timeout, on_text=writer)
+        try:
+            answer = self._model.stream(task, messages, timeout=timeout, on_text=writer)
+        except BaseException:
+            writer.close()
+            raise
         if not writer.owned or lost.is_set():
             raise StreamStopped(answer.usage)
         return answer, writer.take_tail()

@@ -1,0 +1,96 @@
+"""The worker's stream writer on real Postgres: when streamed text is written, and by whom."""
+
+from __future__ import annotations
+
+import time
+import uuid
+
+from sqlalchemy import text
+
+from genjobs import store
+from genjobs.db import Database
+from genjobs.jobs import Job
+from genjobs.streaming import DeltaWriter
+from tests.factories import JobFactory
+
+
+def claimed(db: Database, job_factory: JobFactory) -> Job:
+    job = job_factory(f"streamed {uuid.uuid4().hex}")
+    with db.transaction() as conn:
+        running = store.claim_job(conn, job.id, 30, store.Delivery()).job
+    assert running is not None
+    return running
+
+
+def deltas(db: Database, job_id: uuid.UUID) -> list[tuple[int, str]]:
+    with db.transaction() as conn:
+        rows = conn.execute(
+            text("SELECT seq, text FROM generation_deltas WHERE generation_id = :id ORDER BY seq"),
+            {"id": job_id},
+        )
+        return [(r.seq, r.text) for r in rows]
+
+
+def test_an_answer_that_arrives_whole_is_left_for_the_outcome(
+    clean_db: Database, job_factory: JobFactory
+) -> None:
+    job = claimed(clean_db, job_factory)
+    writer = DeltaWriter(clean_db, job, flush_seconds=0.2, lease_seconds=30, first_seconds=5)
+    assert all(writer(piece) for piece in ["One ", "whole ", "answer."])
+    tail = writer.take_tail()
+    assert tail is not None and (tail.seq, tail.text) == (0, "One whole answer.")
+    assert deltas(clean_db, job.id) == []
+
+
+def test_first_words_followed_by_silence_are_written_by_the_timer(
+    clean_db: Database, job_factory: JobFactory
+) -> None:
+    job = claimed(clean_db, job_factory)
+    writer = DeltaWriter(clean_db, job, flush_seconds=0.2, lease_seconds=30, first_seconds=0.05)
+    assert writer("First words") is True
+    assert deltas(clean_db, job.id) == []  # not at once: more may be on its way
+    deadline = time.monotonic() + 5
+    while not deltas(clean_db, job.id):
+        assert time.monotonic() < deadline, "the first words were never written"
+        time.sleep(0.02)
+    assert deltas(clean_db, job.id) == [(0, "First words")]
+    # What follows goes in order after them, here with the outcome.
+    assert writer(", then more.") is True
+    tail = writer.take_tail()
+    assert tail is not None and (tail.seq, tail.text) == (1, ", then more.")
+
+
+def test_text_after_the_first_window_is_written_at_most_every_flush_interval(
+    clean_db: Database, job_factory: JobFactory
+) -> None:
+    job = claimed(clean_db, job_factory)
+    now = [0.0]
+    writer = DeltaWriter(
+        clean_db,
+        job,
+        flush_seconds=0.2,
+        lease_seconds=30,
+        first_seconds=60,  # the timer never fires within this test
+        clock=lambda: now[0],
+    )
+    writer("a")
+    now[0] = 60.0
+    writer("b")  # the first window is over: "ab" is written
+    now[0] = 60.1
+    writer("c")  # within the flush interval: kept
+    now[0] = 60.2
+    writer("d")  # written with "c"
+    assert deltas(clean_db, job.id) == [(0, "ab"), (1, "cd")]
+    assert writer.take_tail() is None
+
+
+def test_the_timer_writes_nothing_once_the_outcome_took_the_text(
+    clean_db: Database, job_factory: JobFactory
+) -> None:
+    job = claimed(clean_db, job_factory)
+    writer = DeltaWriter(clean_db, job, flush_seconds=0.2, lease_seconds=30, first_seconds=0.05)
+    writer("All of it.")
+    tail = writer.take_tail()
+    assert tail is not None and tail.text == "All of it."
+    time.sleep(0.3)  # the first-text deadline passes
+    assert deltas(clean_db, job.id) == []
