@@ -139,6 +139,7 @@ def figures(
     *,
     key: str,
     title: str,
+    target: float,
     details: dict[str, Any],
 ) -> list[Figure]:
     """Jobs/s against the ideal, peak RSS against the bare app's, connections against the pool.
@@ -155,7 +156,7 @@ def figures(
             "jobs/s",
             conc.ideal_jobs_per_second,
             "ideal",
-            0.9,
+            target,
             "ratio>=",
             {
                 **details,

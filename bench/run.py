@@ -45,6 +45,7 @@ WARM_UP_PHASE = "warm-up"
 DB_POOL_SIZE = Settings.db_pool_size  # the shipped default
 ORDER = (
     "submit_rps",
+    "submit_cpu_ms",
     "end_to_end_jobs_per_s",
     "peer_procrastinate_jobs_per_s",
     "peer_procrastinate_cpu_ms_per_job",
@@ -100,9 +101,17 @@ def throughput(stack: Stack, size: Size, logs: Path) -> list[Figure]:
             "req/s",
             bare,
             "bare handler",
-            0.4,
-            "ratio>=",
-            {name: side.summary() for name, side in sides.items()},
+            details={name: side.summary() for name, side in sides.items()},
+        ),
+        Figure(
+            "submit_cpu_ms",
+            "1. api CPU per submit",
+            sides["api"].cpu_ms_per_request,
+            "ms",
+            sides["one_transaction"].cpu_ms_per_request,
+            "one-transaction handler",
+            3,
+            "ratio<=",
         ),
         Figure(
             "end_to_end_jobs_per_s",
@@ -213,6 +222,7 @@ def concurrent_jobs(stack: Stack, size: Size, logs: Path) -> list[Figure]:
         DB_POOL_SIZE,
         key="concurrency",
         title=f"5. {conc.jobs} concurrent {conc.sleep_seconds:g} s jobs",
+        target=0.95,
         details={
             "worker_threads": WORKER_THREADS,
             "max_outstanding_pushes": MAX_OUTSTANDING_PUSHES,
@@ -298,7 +308,7 @@ def database_work(db: BenchDatabase, size: Size, logs: Path) -> list[Figure]:
             "",
             3,
             minimum,
-            4,
+            3,
             "value<=",
             {"jobs": work.jobs, "wire_commits_per_job": work.wire_commits_per_job},
         ),

@@ -95,6 +95,7 @@ def on_stack(stack: Stack, size: Size, logs: Path) -> list[Figure]:
         Settings.db_pool_size,
         key="streamed_concurrency",
         title=f"9. {conc.jobs} concurrent streamed {conc.sleep_seconds:g} s jobs",
+        target=0.9,
         details={"prompt": prompt, "stream_flush_ms": Settings.stream_flush_ms},
     )
     return figures

@@ -14,6 +14,7 @@ import pytest
 ROOT = Path(__file__).resolve().parents[2]
 FIGURES = {
     "submit_rps",
+    "submit_cpu_ms",
     "end_to_end_jobs_per_s",
     "peer_procrastinate_jobs_per_s",
     "peer_procrastinate_cpu_ms_per_job",
