@@ -2,7 +2,8 @@
 
 300 jobs (FAULT_SUITE_JOBS; FAULT_SUITE_LONG=1 for 3,000) submitted over 20 s while the
 worker is SIGKILLed three times (between the model call and the commit, between the commit and
-the 2xx, and at a random moment), Postgres restarts once, the emulator duplicates 10% of
+the 2xx, and at a random moment), the api once between a job's commit and its publish,
+Postgres restarts once, the emulator duplicates 10% of
 deliveries, delays 10% and fails 5% of publishes, and the model answers 429 (20%), 500 (10%)
 or hangs past the timeout (5%).
 """
@@ -103,7 +104,10 @@ def wreck(stack: Stack, database: FaultDatabase, crash_dir: Path) -> list[str]:
     time.sleep(1)
     database.postgres.start()
     done.append(f"{2 * at:.0f}s: Postgres restarted")
-    time.sleep(at)
+    time.sleep(at / 2)
+    (crash_dir / "api_after_commit").touch()
+    done.append(f"{2.5 * at:.0f}s: api armed to die between a commit and its publish")
+    time.sleep(at / 2)
     (crash_dir / "after_commit").touch()
     done.append(f"{3 * at:.0f}s: worker armed to die between commit and 2xx")
     time.sleep(random.Random(3).uniform(0.5, 1) * at)
@@ -208,7 +212,7 @@ def test_every_accepted_job_ends_exactly_once(
     assert lost == [] and stuck == [] and doubled == [], (lost[:5], stuck[:5], doubled[:5])
     assert overcalled == [], overcalled[:5]
     assert crash_points_left == [], "a crash point was never reached"
-    assert len(disasters) == 4
+    assert len(disasters) == 5
 
 
 def percentile(values: list[float], pct: float) -> float:
