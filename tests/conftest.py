@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import os
 import uuid
 from collections.abc import Iterator
@@ -21,6 +22,10 @@ from tests.stack import Stack, free_ports, running_stack
 
 ROOT = Path(__file__).resolve().parents[1]
 SHIM = ROOT / "devstack" / "supabase_shim.sql"
+
+# pgserver logs at INFO from its exit handler, after pytest has closed the streams a test's
+# handlers write to ("--- Logging error ---" at the end of the run): keep it to itself.
+logging.getLogger("pgserver").propagate = False
 
 
 def server_url() -> str:
