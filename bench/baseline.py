@@ -35,11 +35,12 @@ def bare_app(
         supervisor.stop()
 
 
-def cold_start(logs: Path, target: str = "baseline") -> float:
+def cold_start(logs: Path, target: str = "baseline", env: Mapping[str, str] | None = None) -> float:
     """Seconds from process start to a baseline app's first 200."""
     port = free_port()
+    service = baseline_service(port, target=target, env=env)
     started = time.monotonic()
-    process = spawn(baseline_service(port, target=target), logs / f"{target}-cold.log")
+    process = spawn(service, logs / f"{target}-cold.log")
     try:
         return first_success(port, PROBE, timeout=60) - started
     finally:

@@ -1,16 +1,21 @@
 """Baselines served by functions-framework: a bare handler, one that runs one transaction, and
-cold-start floors that import what each function cannot work without before answering."""
+cold-start floors that import what each function cannot work without before answering (and,
+the `*_connect_floor` targets, also make the first connections each function makes)."""
 
 from __future__ import annotations
 
 import functools
 import importlib
+import os
 from typing import TYPE_CHECKING
+from urllib.parse import urlsplit, urlunsplit
 
 import functions_framework
 from flask import Request
 
 if TYPE_CHECKING:
+    from collections.abc import Callable
+
     from genjobs.db import Database
 
 
@@ -60,3 +65,67 @@ def api_floor(request: Request) -> tuple[str, int]:
 def worker_floor(request: Request) -> tuple[str, int]:
     """A constant, once the worker's libraries are imported: no worker can start faster."""
     return _imported(WORKER_LIBRARIES)
+
+
+# A function's first answer also needs its first connections, which a floor that only imports
+# never opens: these floors open them the plainest way the same libraries allow, in order.
+
+
+def _one_statement() -> None:
+    """A new SQLAlchemy engine on pg8000, one connection, one `SELECT 1`."""
+    from sqlalchemy import create_engine, text
+
+    parts = urlsplit(os.environ["DATABASE_URL"])  # the function's own URL
+    url = urlunsplit(("postgresql+pg8000", parts.netloc, parts.path, "", ""))
+    engine = create_engine(url, pool_size=1, max_overflow=0)
+    with engine.begin() as conn:
+        conn.execute(text("SELECT 1")).scalar_one()
+
+
+def _one_publish() -> None:
+    """A new Pub/Sub client (emulator from PUBSUB_EMULATOR_HOST), one message to JOBS_TOPIC."""
+    from google.cloud.pubsub_v1 import PublisherClient
+    from google.pubsub_v1 import PubsubMessage
+    from google.pubsub_v1.services.publisher.client import PublisherClient as Generated
+
+    client = PublisherClient()
+    topic = client.topic_path(os.environ["GOOGLE_CLOUD_PROJECT"], os.environ["JOBS_TOPIC"])
+    # The generated Publish call, as the api makes it (no batching thread).
+    Generated.publish(client, topic=topic, messages=[PubsubMessage(data=b"floor")])
+
+
+def _one_model_call() -> None:
+    """A new openai client, one chat completion from OPENAI_BASE_URL (the stub model)."""
+    from openai import OpenAI
+    from openai.types.chat import ChatCompletion
+
+    client = OpenAI(api_key="floor", base_url=os.environ["OPENAI_BASE_URL"], max_retries=0)
+    client.post(
+        "/chat/completions",
+        body={"model": "stub", "messages": [{"role": "user", "content": "floor"}]},
+        cast_to=ChatCompletion,
+    )
+
+
+@functools.cache
+def _connected(libraries: tuple[str, ...], *first_uses: Callable[[], None]) -> None:
+    # Once per process: like the functions, later answers reuse what the first one opened.
+    _imported(libraries)
+    for use in first_uses:
+        use()
+
+
+@functions_framework.http
+def api_connect_floor(request: Request) -> tuple[str, int]:
+    """A constant, once the api's libraries are imported, one statement run and one message
+    published: the api's first 202 needs at least that much."""
+    _connected(API_LIBRARIES, _one_statement, _one_publish)
+    return "ok", 200
+
+
+@functions_framework.http
+def worker_connect_floor(request: Request) -> tuple[str, int]:
+    """A constant, once the worker's libraries are imported, one statement run and one model
+    call made: the worker's first finished job needs at least that much."""
+    _connected(WORKER_LIBRARIES, _one_statement, _one_model_call)
+    return "ok", 200

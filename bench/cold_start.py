@@ -19,8 +19,10 @@ from bench.submit import sink_env
 from devstack.supervisor import ROOT, free_port, function_service
 
 POLL_SECONDS = 0.005
-# The bare app, and the same app importing what the api or the worker needs before answering.
+# The bare app, and the same app importing what the api or the worker needs before answering;
+# the connect floors also open the first connections each needs (in `baseline_main`).
 BASELINES = ("baseline", "api_floor", "worker_floor")
+CONNECT_FLOORS = {"api_connect_floor": "api", "worker_connect_floor": "worker"}
 
 
 @dataclass(frozen=True)
@@ -39,12 +41,21 @@ def measure(stack: Stack, size: Size, logs: Path) -> dict[str, ColdStart]:
     stack.supervisor.pause("worker")
     # The arbiter is gone; its worker process may hold the socket a moment longer.
     wait_for_close(worker.port, timeout=10)
-    runs: dict[str, list[float]] = {name: [] for name in (*BASELINES, "api", "worker")}
+    names = (*BASELINES, *CONNECT_FLOORS, "api", "worker")
+    runs: dict[str, list[float]] = {name: [] for name in names}
     listening: dict[str, list[float]] = {"api": [], "worker": []}
+    # The connect floors reach what the functions reach: the api's floor publishes to the
+    # sink topic, as the cold api does; the worker's calls the stack's stub model.
+    envs = {
+        name: {k: v for k, v in env.items() if k != "FUNCTION_TARGET"}
+        for name, env in (("api", sink_env(stack)), ("worker", stack.service("worker").env))
+    }
     try:
         for attempt in range(size.cold_starts):
             for target in BASELINES:
                 runs[target].append(baseline.cold_start(logs, target))
+            for target, function in CONNECT_FLOORS.items():
+                runs[target].append(baseline.cold_start(logs, target, envs[function]))
             for name, once in (("api", _api_once), ("worker", _worker_once)):
                 seconds, listen = once(stack, attempt, logs)
                 runs[name].append(seconds)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gc
 import json
 import os
 import threading
@@ -197,3 +198,8 @@ _FACTORIES: dict[str, Callable[[], object]] = {
 # (with every problem listed) instead of the first request.
 if os.environ.get("FUNCTION_TARGET") in _FACTORIES:
     _FACTORIES[os.environ["FUNCTION_TARGET"]]()
+    # What the imports and the build made lives as long as the process: frozen, no later
+    # collection walks it again, those during the first request's lazy imports (the Pub/Sub
+    # client, the openai SDK) included: the api's collections from process start to its first
+    # 202 took 0.14 s here, 0.07 s frozen. Before the fork, as Python's gc docs advise.
+    gc.freeze()
