@@ -251,9 +251,7 @@ def cold_starts(stack: Stack, size: Size, logs: Path) -> tuple[list[Figure], dic
             "s",
             bare.seconds,
             "bare first 200",
-            2.5,
-            "ratio<=",
-            {**asdict(cold["api"]), "baseline_runs": bare.runs},
+            details={**asdict(cold["api"]), "baseline_runs": bare.runs},
         ),
         Figure(
             "worker_cold_start_s",
@@ -262,9 +260,7 @@ def cold_starts(stack: Stack, size: Size, logs: Path) -> tuple[list[Figure], dic
             "s",
             bare.seconds,
             "bare first 200",
-            3.5,
-            "ratio<=",
-            asdict(cold["worker"]),
+            details=asdict(cold["worker"]),
         ),
     ]
     for target, libraries in (
