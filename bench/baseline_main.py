@@ -5,6 +5,9 @@ from __future__ import annotations
 
 import functools
 import importlib
+import json
+import os
+import time
 from typing import TYPE_CHECKING
 
 import functions_framework
@@ -60,3 +63,19 @@ def api_floor(request: Request) -> tuple[str, int]:
 def worker_floor(request: Request) -> tuple[str, int]:
     """A constant, once the worker's libraries are imported: no worker can start faster."""
     return _imported(WORKER_LIBRARIES)
+
+
+# Figure 5's floor: each push held as long as the stub model holds a job, nothing else done.
+_pushes: list[tuple[float, float]] = []
+
+
+@functions_framework.http
+def push_sleep(request: Request) -> tuple[str, int, dict[str, str]]:
+    """A push (POST) answered 200 after FLOOR_SLEEP_SECONDS, its start and end wall-clock
+    times kept; GET: those times as JSON `[[start, end], ...]`."""
+    if request.method != "POST":
+        return json.dumps(_pushes), 200, {"Content-Type": "application/json"}
+    started = time.time()
+    time.sleep(float(os.environ.get("FLOOR_SLEEP_SECONDS", "5")))
+    _pushes.append((started, time.time()))  # one append: atomic under the GIL
+    return "ok", 200, {}
