@@ -6,7 +6,9 @@ from __future__ import annotations
 
 import functools
 import importlib
+import json
 import os
+import time
 from typing import TYPE_CHECKING
 from urllib.parse import urlsplit, urlunsplit
 
@@ -129,3 +131,19 @@ def worker_connect_floor(request: Request) -> tuple[str, int]:
     call made: the worker's first finished job needs at least that much."""
     _connected(WORKER_LIBRARIES, _one_statement, _one_model_call)
     return "ok", 200
+
+
+# Figure 5's floor: each push held as long as the stub model holds a job, nothing else done.
+_pushes: list[tuple[float, float]] = []
+
+
+@functions_framework.http
+def push_sleep(request: Request) -> tuple[str, int, dict[str, str]]:
+    """A push (POST) answered 200 after FLOOR_SLEEP_SECONDS, its start and end wall-clock
+    times kept; GET: those times as JSON `[[start, end], ...]`."""
+    if request.method != "POST":
+        return json.dumps(_pushes), 200, {"Content-Type": "application/json"}
+    started = time.time()
+    time.sleep(float(os.environ.get("FLOOR_SLEEP_SECONDS", "5")))
+    _pushes.append((started, time.time()))  # one append: atomic under the GIL
+    return "ok", 200, {}

@@ -2,17 +2,28 @@
 
 from __future__ import annotations
 
+import http.client
+import json
 import threading
+import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from bench.load import run_load
+from bench.load import Request, first_success, run_load, wait_for_close
 from bench.report import Figure
 from bench.sizes import Size
-from bench.stack import APP_NAME, Stack, publisher, tree_rss
+from bench.stack import (
+    APP_NAME,
+    WORKER_THREADS,
+    Stack,
+    baseline_service,
+    publisher,
+    tree_rss,
+)
 from bench.submit import sink_api
 from devstack.dev import PROJECT
+from devstack.supervisor import Supervisor
 
 MIB = 2**20
 
@@ -20,6 +31,7 @@ PHASE = "concurrency"
 SAMPLE_SECONDS = 0.05
 SUBMIT_CONNECTIONS = 20
 JOBS_TOPIC = "generation-jobs"
+TIMES = Request("GET", "/", expect=(200,))  # the floor app's record of its pushes
 
 
 @dataclass(frozen=True)
@@ -130,6 +142,83 @@ def measure(
         peak_connections=sampler.connections,
         peak_active_connections=sampler.active,
     )
+
+
+@dataclass(frozen=True)
+class Floor:
+    """The same burst of pushes answered by a bare app that only sleeps (figure 5's floor)."""
+
+    jobs: int
+    sleep_seconds: float
+    seconds: float  # first push started → last push finished
+    start_spread_seconds: float
+
+    @property
+    def jobs_per_second(self) -> float:
+        """Pushes answered per second of the span."""
+        return self.jobs / self.seconds if self.seconds else 0.0
+
+    @property
+    def ratio(self) -> float:
+        """Of the ideal (every push held exactly `sleep_seconds`, all at once): sleep ÷ span."""
+        return self.sleep_seconds / self.seconds if self.seconds else 0.0
+
+
+def floor(stack: Stack, size: Size, logs: Path) -> Floor:
+    """Publish the burst to the worker's subscription with a bare functions-framework app
+    (`push_sleep`, the worker's `THREADS`) in the worker's place; the worker is paused meanwhile.
+
+    Same emulator, push subscription and front end as figure 5: what those and gunicorn's threads
+    allow on this machine, before any of the worker's own work.
+    """
+    port = stack.ports.worker_container
+    stack.supervisor.pause("worker")
+    wait_for_close(port, timeout=10)
+    env = {"FLOOR_SLEEP_SECONDS": f"{size.sleep_seconds:g}"}
+    app = Supervisor([baseline_service(port, WORKER_THREADS, "push_sleep", env)], output_dir=logs)
+    app.start()
+    try:
+        first_success(port, TIMES, timeout=30)
+        client = publisher(stack, batch=size.concurrent_jobs)
+        topic = client.topic_path(PROJECT, JOBS_TOPIC)
+        futures = [
+            client.publish(topic, f"floor-{index}".encode())
+            for index in range(size.concurrent_jobs)
+        ]
+        for future in futures:
+            future.result(timeout=30)
+        pushes = _wait_for_pushes(port, size.concurrent_jobs, 60 + 3 * size.sleep_seconds)
+    finally:
+        app.stop()
+        stack.supervisor.resume("worker")
+    starts = [start for start, _ in pushes]
+    return Floor(
+        jobs=len(pushes),
+        sleep_seconds=size.sleep_seconds,
+        seconds=max(end for _, end in pushes) - min(starts) if pushes else 0.0,
+        start_spread_seconds=max(starts) - min(starts) if pushes else 0.0,
+    )
+
+
+def _wait_for_pushes(port: int, expected: int, timeout: float) -> list[tuple[float, float]]:
+    """The floor app's (start, end) times once `expected` pushes have finished (or the timeout)."""
+    deadline = time.monotonic() + timeout
+    pushes: list[tuple[float, float]] = []
+    while time.monotonic() < deadline:
+        pushes = _pushes(port)
+        if len(pushes) >= expected:
+            break
+        time.sleep(0.2)
+    return pushes
+
+
+def _pushes(port: int) -> list[tuple[float, float]]:
+    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
+    try:
+        conn.request("GET", "/")
+        return [(float(start), float(end)) for start, end in json.loads(conn.getresponse().read())]
+    finally:
+        conn.close()
 
 
 def figures(
