@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import ctypes
 import os
+import secrets
 import signal
 import socket
 import subprocess
@@ -60,11 +61,29 @@ def wait_for_port(port: int, timeout: float, host: str = "127.0.0.1") -> bool:
 
 
 def free_port() -> int:
-    """An unused local TCP port (for tests running a stack beside `make run`)."""
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
+    """An unused local TCP port (for tests running a stack beside `make run`).
+
+    Taken below the kernel's ephemeral range: a port from the range (what binding port 0
+    gives) can become some outgoing connection's source port before its service binds it,
+    and under a bench's connection churn that happened.
+    """
+    low = _ephemeral_range_start()
+    for _ in range(200):
+        port = low - 1 - secrets.randbelow(min(12000, low - 1024))
+        with socket.socket() as sock:
+            try:
+                sock.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+            return port
+    raise RuntimeError(f"no free TCP port below {low}")
+
+
+def _ephemeral_range_start() -> int:
+    try:
+        return int(Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()[0])
+    except (OSError, ValueError, IndexError):
+        return 32768  # Linux's default; other systems start theirs higher
 
 
 def function_service(
@@ -121,8 +140,10 @@ class Supervisor:
             self._spawn(service)
         for service in self.services:
             if not wait_for_port(service.port, ready_timeout):
+                code = service.process.poll() if service.process else None
                 self.stop()
-                raise RuntimeError(f"{service.name} did not listen on port {service.port}")
+                exited = f" (it exited with {code})" if code is not None else ""
+                raise RuntimeError(f"{service.name} did not listen on port {service.port}{exited}")
 
     def _spawn(self, service: Service) -> None:
         env = {**os.environ, **service.env}
