@@ -47,9 +47,14 @@ class JobFactory:
     def __init__(self, db: Database) -> None:
         self.db = db
 
-    def __call__(self, text_: str = "hello", **kwargs: Any) -> Job:
+    def __call__(self, text_: str = "hello", *, publish_failed: bool = False, **kwargs: Any) -> Job:
+        """A job as a submit stores it; `publish_failed`: as its failed publish leaves it."""
         with self.db.transaction() as conn:
             job = store.insert_job(conn, new_job(text_, **kwargs))
+            assert job is not None
+            if publish_failed:
+                store.unmark_published(conn, job.id)
+                job = store.get_job(conn, job.id)
         assert job is not None
         return job
 

@@ -108,10 +108,9 @@ def publish_job(
 ) -> PublishResult:
     """Publish a committed job; on failure leave it to the sweeper.
 
-    `record` writes `published_at` and a `published` event after the publish (the sweeper and
-    replay, which are off any request's path). A submit does not: its job stays "never
-    published", so a publish that failed, or an api that died before publishing, is the
-    sweeper's after its grace period; the delivery that claims the job records its message id.
+    `record` writes `published_at` and a `published` event after the publish. A submit does
+    not: its row was stored counted as published (a failure clears that, `was_published`),
+    and the delivery that claims the job records its message id.
     """
     # The only way jobs are published (submit, replay, sweeper). A failed publish of a job
     # published before clears `published_at`, so the sweeper takes it after the grace period

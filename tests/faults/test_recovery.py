@@ -182,12 +182,12 @@ def test_api_killed_between_commit_and_publish_runs_the_job_once(
     finally:
         api.stop()
     assert not (crashes / "api_after_commit").exists(), "the api never reached its crash point"
-    # The client retries with its key on a live instance: the stored job, not a second one.
+    # The client retries with its key on a live instance: the stored job, not a second one,
+    # published by that replay because it never started. It runs once.
     client.base_url = httpx.URL(fault_stack.api_url)
     retried = client.post("/v1/generations", json=body, headers={"Idempotency-Key": key})
     assert retried.status_code == 200, retried.text
     job_id = retried.json()["id"]
-    # Only the sweeper publishes it, after its grace period; it runs once.
     job: dict[str, Any] = fault_stack.wait_for(client, job_id, timeout=60)
     assert job["status"] == "succeeded" and job["attempts"] == 1
     counts = event_counts(fault_database, job_id)

@@ -60,14 +60,14 @@ def age(db: Database, job_id: uuid.UUID, column: str, seconds: int) -> None:
         )
 
 
-def test_never_published_job_is_published_after_the_grace_period(
+def test_job_whose_publish_failed_is_published_after_the_grace_period(
     settings: Settings,
     clean_db: Database,
     job_factory: JobFactory,
 ) -> None:
     publisher = RecordingPublisher()
     sweeper = make_sweeper(settings, clean_db, publisher)
-    fresh, old = job_factory(), job_factory()
+    fresh, old = job_factory(publish_failed=True), job_factory(publish_failed=True)
     age(clean_db, old.id, "updated_at", settings.sweep_publish_grace_seconds + 1)
     assert sweeper.sweep() == SweepCounts(published=1)
     assert publisher.published == [old.id] and reload(clean_db, old.id).published_at is not None
@@ -162,7 +162,7 @@ def test_failed_publish_leaves_the_job_for_the_next_sweep(
     clean_db: Database,
     job_factory: JobFactory,
 ) -> None:
-    job = job_factory()
+    job = job_factory(publish_failed=True)
     age(clean_db, job.id, "updated_at", settings.sweep_publish_grace_seconds + 1)
     counts = make_sweeper(settings, clean_db, RecordingPublisher(fail=True)).sweep()
     assert counts.publish_failed == 1 and reload(clean_db, job.id).published_at is None
@@ -175,7 +175,7 @@ def test_concurrent_sweepers_publish_each_job_once(
     settings: Settings, clean_db: Database, job_factory: JobFactory
 ) -> None:
     publisher = RecordingPublisher()
-    jobs = [job_factory() for _ in range(40)]
+    jobs = [job_factory(publish_failed=True) for _ in range(40)]
     for job in jobs:
         age(clean_db, job.id, "updated_at", settings.sweep_publish_grace_seconds + 1)
     sweepers = [make_sweeper(settings, clean_db, publisher) for _ in range(4)]
@@ -192,7 +192,7 @@ def test_only_the_scheduler_may_sweep(
     authorization: str | None,
     job_factory: JobFactory,
 ) -> None:
-    job = job_factory()
+    job = job_factory(publish_failed=True)
     age(clean_db, job.id, "updated_at", settings.sweep_publish_grace_seconds + 1)
     publisher = RecordingPublisher()
     answer = make_sweeper(settings, clean_db, publisher).handle(authorization)

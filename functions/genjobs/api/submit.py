@@ -11,6 +11,7 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from pydantic import ValidationError
+from sqlalchemy import Connection
 
 from genjobs import store
 from genjobs.api.schemas import SubmitRequest
@@ -25,6 +26,7 @@ from genjobs.errors import (
 from genjobs.jobs import MAX_ATTEMPTS, Job
 from genjobs.publisher import JobPublisher, publish_job
 from genjobs.settings import Settings
+from genjobs.statuses import Status
 from genjobs.tasks import Task
 
 log = logging.getLogger(__name__)
@@ -207,38 +209,53 @@ class SubmitService:
         """
         key = check_idempotency_key(idempotency_key)
         task, data, metadata = parse_submission(body, self.tasks, self.settings)
-        fingerprint = request_hash(task.name, data, metadata)
-        bound = token_bound(task, data, self.settings)
+        new = store.NewJob(
+            user_id=user_id,
+            task=task.name,
+            input=data,
+            metadata=metadata,
+            idempotency_key=key,
+            request_hash=request_hash(task.name, data, metadata),
+            trace_id=trace_id,
+            max_attempts=MAX_ATTEMPTS,
+            reserved_tokens=token_bound(task, data, self.settings),
+        )
         with self.db.transaction() as conn:
-            usage = store.user_usage(conn, user_id, key)
-            if usage.existing is not None:
-                return Submitted(same_request(usage.existing, fingerprint), replayed=True)
-            check_limits(usage, bound, self.settings, datetime.now(UTC))
-            job = store.insert_job(
-                conn,
-                store.NewJob(
-                    user_id=user_id,
-                    task=task.name,
-                    input=data,
-                    metadata=metadata,
-                    idempotency_key=key,
-                    request_hash=fingerprint,
-                    trace_id=trace_id,
-                    max_attempts=MAX_ATTEMPTS,
-                    reserved_tokens=bound,
-                ),
-            )
-            if job is None:
-                # Unreachable while every insert holds the per-user lock. Were one not to,
-                # ON CONFLICT has waited for it to commit, so a new statement sees its job.
-                existing = store.find_by_key(conn, user_id, key) if key is not None else None
-                if existing is None:
-                    raise RuntimeError("the insert conflicted but no job holds its key")
-                return Submitted(same_request(existing, fingerprint), replayed=True)
+            job, replayed = self._store(conn, new)
+        if replayed:
+            if job.status is Status.QUEUED and job.attempts == 0 and job.not_before is None:
+                # Never started: perhaps its api died before publishing (the client retries
+                # with its key because that submit never answered). Another message costs
+                # at most a duplicate delivery; the sweeper would wait REPUBLISH_AFTER.
+                publish_job(self.db, self.publisher, job.id, task=job.task, trace_id=job.trace_id)
+            return Submitted(job, replayed=True)
         crash_point("api_after_commit")
-        # Stored is accepted: the publish writes nothing more, and a failed one (or this
-        # process dying here) leaves the job to the sweeper's grace period.
+        # Stored is accepted. The row already counts as published, so a successful publish
+        # writes nothing more; a failed one clears that, for the sweeper's grace period.
         publish_job(
-            self.db, self.publisher, job.id, task=job.task, trace_id=job.trace_id, record=False
+            self.db,
+            self.publisher,
+            job.id,
+            task=job.task,
+            trace_id=job.trace_id,
+            was_published=True,
+            record=False,
         )
         return Submitted(job, replayed=False)
+
+    def _store(self, conn: Connection, new: store.NewJob) -> tuple[Job, bool]:
+        """The new job, stored, or the one the same key already made (True)."""
+        usage = store.user_usage(conn, new.user_id, new.idempotency_key)
+        if usage.existing is not None:
+            return same_request(usage.existing, new.request_hash), True
+        check_limits(usage, new.reserved_tokens, self.settings, datetime.now(UTC))
+        job = store.insert_job(conn, new)
+        if job is None:
+            # Unreachable while every insert holds the per-user lock. Were one not to,
+            # ON CONFLICT has waited for it to commit, so a new statement sees its job.
+            key = new.idempotency_key
+            existing = store.find_by_key(conn, new.user_id, key) if key is not None else None
+            if existing is None:
+                raise RuntimeError("the insert conflicted but no job holds its key")
+            return same_request(existing, new.request_hash), True
+        return job, False

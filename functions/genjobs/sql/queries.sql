@@ -51,13 +51,13 @@ SELECT
     WHERE g.user_id = :user_id AND g.idempotency_key = :key) AS existing
 
 -- name: insert_job
--- Insert a queued job with its reserved token bound and its `queued` event; no row when the idempotency key exists.
+-- Insert a queued job with its reserved token bound and its `queued` event, already counted as published (its submit publishes right after; a failed publish clears `published_at`); no row when the idempotency key exists.
 WITH job AS (
   INSERT INTO generations
     (user_id, task, input, metadata, idempotency_key, request_hash, trace_id, max_attempts,
-     reserved_tokens)
+     reserved_tokens, published_at)
   VALUES (:user_id, :task, CAST(:input AS jsonb), CAST(:metadata AS jsonb), :key, :hash,
-          :trace_id, :max_attempts, :reserved_tokens)
+          :trace_id, :max_attempts, :reserved_tokens, now())
   ON CONFLICT (user_id, idempotency_key) DO NOTHING
   RETURNING *
 ), log AS (
