@@ -91,7 +91,7 @@ class Settings:
     # heartbeat when idle so proxies keep it open.
     stream_flush_ms: int = 200
     # The first text waits this long for more before it is written: an answer that arrives
-    # whole is then written once, with its outcome, and first words still show at once.
+    # whole is then written once, with its outcome, and first words still show within it.
     stream_first_flush_ms: int = 25
     stream_poll_ms: int = 250
     # Until a stream's first text arrives, it polls this often (time to first token).
