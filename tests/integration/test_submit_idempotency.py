@@ -15,7 +15,7 @@ from genjobs.db import Database
 from genjobs.errors import IdempotencyKeyReused
 from genjobs.settings import Settings
 from genjobs.tasks import TASKS
-from tests.ops.helpers import RecordingPublisher
+from tests.ops.helpers import RecordingPublisher, events
 
 BODY = {"task": "summarize", "input": {"text": "One key, one job."}}
 
@@ -71,3 +71,49 @@ def test_a_key_inserted_concurrently_without_the_lock_is_replayed(
             text("SELECT count(*) FROM generations WHERE user_id = :u"), {"u": user}
         ).scalar_one()
     assert count == 1
+
+
+def published_at(db: Database, job_id: uuid.UUID) -> object:
+    with db.transaction() as conn:
+        job = store.get_job(conn, job_id)
+    assert job is not None
+    return job.published_at
+
+
+def test_a_submit_is_one_write_and_a_failed_publish_leaves_the_job_to_the_sweeper(
+    settings: Settings, clean_db: Database
+) -> None:
+    user = uuid.uuid4()
+    publisher = RecordingPublisher()
+    service = SubmitService(settings, clean_db, publisher, TASKS)
+    stored = service.submit(user, BODY, "published", None).job
+    assert publisher.ids() == [stored.id]
+    # Stored counted as published; nothing is written after the publish.
+    assert stored.published_at is not None
+    assert events(clean_db, stored.id) == ["queued"]
+
+    publisher.fail = True
+    other = {**BODY, "input": {"text": "No Pub/Sub."}}
+    failed = service.submit(user, other, "lost", None).job
+    assert published_at(clean_db, failed.id) is None
+
+
+def test_replaying_a_job_that_never_started_publishes_it_again(
+    settings: Settings, clean_db: Database
+) -> None:
+    # What an api that died between its commit and its publish leaves: stored, never sent.
+    user, key = uuid.uuid4(), "api-died"
+    data = TASKS["summarize"].input_model.model_validate(BODY["input"])
+    fingerprint = request_hash("summarize", data.model_dump(mode="json", exclude_none=True), {})
+    with clean_db.transaction() as conn:
+        job = store.insert_job(conn, new_job(user, key, fingerprint))
+    assert job is not None and job.published_at is not None
+    publisher = RecordingPublisher(fail=True)
+    service = SubmitService(settings, clean_db, publisher, TASKS)
+    # The client's retry: when that publish fails too, the sweeper's grace takes the job.
+    assert service.submit(user, BODY, key, None).replayed
+    assert published_at(clean_db, job.id) is None
+    publisher.fail = False
+    assert service.submit(user, BODY, key, None).replayed
+    assert publisher.ids() == [job.id]
+    assert events(clean_db, job.id) == ["queued", "published"]

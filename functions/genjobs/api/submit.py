@@ -227,21 +227,25 @@ class SubmitService:
                 # Never started: perhaps its api died before publishing (the client retries
                 # with its key because that submit never answered). Another message costs
                 # at most a duplicate delivery; the sweeper would wait REPUBLISH_AFTER.
-                publish_job(self.db, self.publisher, job.id, task=job.task, trace_id=job.trace_id)
+                self._publish(job, record=True)
             return Submitted(job, replayed=True)
         crash_point("api_after_commit")
         # Stored is accepted. The row already counts as published, so a successful publish
-        # writes nothing more; a failed one clears that, for the sweeper's grace period.
+        # writes nothing more.
+        self._publish(job, record=False)
+        return Submitted(job, replayed=False)
+
+    def _publish(self, job: Job, *, record: bool) -> None:
+        """Publish a stored job; a failure clears its `published_at` for the sweeper's grace."""
         publish_job(
             self.db,
             self.publisher,
             job.id,
             task=job.task,
             trace_id=job.trace_id,
-            was_published=True,
-            record=False,
+            was_published=True,  # stored counted as published
+            record=record,
         )
-        return Submitted(job, replayed=False)
 
     def _store(self, conn: Connection, new: store.NewJob) -> tuple[Job, bool]:
         """The new job, stored, or the one the same key already made (True)."""
