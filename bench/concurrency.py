@@ -154,11 +154,6 @@ class Floor:
     start_spread_seconds: float
 
     @property
-    def jobs_per_second(self) -> float:
-        """Pushes answered per second of the span."""
-        return self.jobs / self.seconds if self.seconds else 0.0
-
-    @property
     def ratio(self) -> float:
         """Of the ideal (every push held exactly `sleep_seconds`, all at once): sleep ÷ span."""
         return self.sleep_seconds / self.seconds if self.seconds else 0.0

@@ -301,7 +301,7 @@ WITH expired AS (
 SELECT id, task, trace_id, ai_status, published_at IS NOT NULL AS was_published FROM moved
 
 -- name: sweep_due_for_publish
--- Queued jobs to publish: never published after :grace seconds, deferred and now due, or published :stale seconds ago and never started.
+-- Queued jobs to publish: a failed publish (published_at cleared) :grace seconds ago, deferred and now due, or published :stale seconds ago and never started.
 WITH due AS (
   SELECT id FROM generations
   WHERE ai_status = 'queued' AND (
