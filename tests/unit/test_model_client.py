@@ -131,6 +131,7 @@ class Scripted(ThreadingHTTPServer):
     status = 200
     body: Any = None
     headers: dict[str, str] = {}
+    events: list[Any] = []  # a streamed request gets these as server-sent events, then [DONE]
     seen: list[tuple[dict[str, str], Any]]
 
 
@@ -140,12 +141,25 @@ class _Handler(BaseHTTPRequestHandler):
     def do_POST(self) -> None:
         sent = json.loads(self.rfile.read(int(self.headers.get("Content-Length", "0"))))
         self.server.seen.append(({k.lower(): v for k, v in self.headers.items()}, sent))
+        if sent.get("stream"):
+            self._stream()
+            return
         data = json.dumps(self.server.body).encode()
         self.send_response(self.server.status)
         self.send_header("Content-Type", "application/json")
         self.send_header("Content-Length", str(len(data)))
         for name, value in self.server.headers.items():
             self.send_header(name, value)
+        self.end_headers()
+        self.wfile.write(data)
+
+    def _stream(self) -> None:
+        data = b"".join(
+            f"data: {json.dumps(event)}\n\n".encode() for event in [*self.server.events, "[DONE]"]
+        ).replace(b'data: "[DONE]"', b"data: [DONE]")
+        self.send_response(200)
+        self.send_header("Content-Type", "text/event-stream")
+        self.send_header("Content-Length", str(len(data)))
         self.end_headers()
         self.wfile.write(data)
 
@@ -306,3 +320,77 @@ def test_retry_after_headers(headers: dict[str, str], seconds: float) -> None:
 
 def test_retry_after_http_date() -> None:
     assert retry_after_seconds({"retry-after": "Wed, 21 Oct 2015 07:28:00 GMT"}) == 1.0
+
+
+# --- Streamed chunks, read as the JSON they are -----------------------------------------
+
+
+def chunk(delta: Any, *, finish_reason: str | None = None, usage: Any = None) -> dict[str, Any]:
+    return {
+        "id": "chatcmpl-1",
+        "object": "chat.completion.chunk",
+        "created": 1,
+        "model": "gpt-4o-mini-2024",
+        "choices": [{"index": 0, "delta": delta, "finish_reason": finish_reason}],
+        "usage": usage,
+    }
+
+
+def stream(scripted: Scripted, events: list[Any]) -> tuple[Any, list[str]]:
+    scripted.events = events
+    port = scripted.server_address[1]
+    client = ModelClient(api_key=Secret(KEY), base_url=f"http://127.0.0.1:{port}/v1")
+    texts: list[str] = []
+    messages = SUMMARIZE.messages_for({"text": "anything"})
+
+    def on_text(text: str) -> bool:
+        texts.append(text)
+        return True
+
+    return client.stream(SUMMARIZE, messages, timeout=5, on_text=on_text), texts
+
+
+def test_a_stream_adds_up_its_text_and_takes_the_usage_of_its_last_chunk(
+    scripted: Scripted,
+) -> None:
+    generation, texts = stream(
+        scripted,
+        [
+            chunk({"role": "assistant", "content": ""}),
+            chunk({"content": "Hello"}),
+            chunk({"content": " world"}, finish_reason="stop"),
+            {**chunk({}), "choices": [], "usage": {"prompt_tokens": 7, "completion_tokens": 2}},
+        ],
+    )
+    assert texts == ["Hello", " world"]
+    assert (generation.output, generation.model) == ("Hello world", "gpt-4o-mini-2024")
+    assert (generation.prompt_tokens, generation.completion_tokens) == (7, 2)
+
+
+def test_odd_chunks_add_no_text_and_a_stream_without_usage_is_estimated(
+    scripted: Scripted,
+) -> None:
+    """Fields of the wrong type or shape are ignored, as absent ones are; nothing raises."""
+    generation, texts = stream(
+        scripted,
+        [
+            chunk({"content": 42}),
+            chunk(["not", "a", "delta"]),
+            {**chunk({}), "choices": "none"},
+            {**chunk({}), "choices": [7]},
+            [1, 2],
+            chunk({"content": "ok"}),
+            {**chunk({}), "choices": [], "usage": {"prompt_tokens": "7"}},
+        ],
+    )
+    assert texts == ["ok"]
+    assert generation.output == "ok"
+    # Usage figures that are not counts are estimated, as if none had come: never unbilled.
+    prompt = SUMMARIZE.messages_for({"text": "anything"})
+    assert generation.prompt_tokens == sum(len(m["content"]) // 4 + 4 for m in prompt)
+    assert generation.completion_tokens == 1
+
+
+def test_a_streamed_refusal_is_a_refusal(scripted: Scripted) -> None:
+    with pytest.raises(ModelRefused):
+        stream(scripted, [chunk({"refusal": "I can't"}, finish_reason="stop")])
