@@ -17,12 +17,15 @@ from __future__ import annotations
 import functools
 import inspect
 import logging
+from collections.abc import Iterator
+from contextlib import contextmanager
 from struct import Struct
 from typing import Any
 
 import pg8000.dbapi
 import pg8000.legacy
 from pg8000 import converters, core
+from sqlalchemy import Connection
 
 log = logging.getLogger(__name__)
 
@@ -122,20 +125,24 @@ def _begin_message() -> bytes:
 class _Pipeline:
     """Replaces one connection's `execute_unnamed` and `execute_simple`.
 
-    The BEGIN is held back and sent with the statement that follows it (pg8000 always sends
-    one right after): the connection already reports itself in a transaction, so a rollback
-    before that statement still sends what ends it.
+    Some messages are held back and sent with the next statement, their answers read before
+    its own: the BEGIN (pg8000 always sends a statement right after it; the connection already
+    reports itself in a transaction, so a rollback before that statement still sends what ends
+    it), and statements run under `answered_with_next`.
     """
 
     def __init__(self, connection: Any) -> None:
         self.connection = connection
+        self.held = bytearray()
+        self.held_contexts: list[Any] = []
         self.begin_pending = False
+        self.answer_later = False
 
     def execute_simple(self, statement: str) -> Any:
         if statement == _IMPLICIT_BEGIN and not self.begin_pending:
             self.begin_pending = True
             self.connection._transaction_status = core.IN_TRANSACTION
-            return core.Context(statement)
+            return self._hold(statement, _begin_message())
         message = core._create_message(
             core.QUERY, statement.encode(self.connection._client_encoding) + core.NULL_BYTE
         )
@@ -146,9 +153,7 @@ class _Pipeline:
     ) -> Any:
         connection = self.connection
         if stream is not None:  # COPY keeps pg8000's own exchange
-            if self.begin_pending:
-                self.begin_pending = False
-                type(connection).execute_simple(connection, _IMPLICIT_BEGIN)
+            self._read(self._send(b""))
             return type(connection).execute_unnamed(connection, statement, vals, oids, stream)
         encoding = connection._client_encoding
         parse = bytearray(core.NULL_BYTE + statement.encode(encoding) + core.NULL_BYTE)
@@ -169,26 +174,41 @@ class _Pipeline:
         bind += _COUNT.pack(0)
         message = core._create_message(core.PARSE, bytes(parse))
         message += core._create_message(core.BIND, bytes(bind)) + _tail()
+        if self.answer_later:
+            return self._hold(statement, message)
         return self._exchange(statement, message)
 
-    def _exchange(self, statement: str, message: bytes) -> Any:
-        begun = self._send(message)
+    def _hold(self, statement: str, message: bytes) -> Any:
+        """Keep `message` for the next write; what the caller gets back has no rows."""
+        self.held += message
         context = core.Context(statement)
-        try:
-            if begun is not None:
-                self.connection.handle_messages(begun)
-        finally:
-            # Read this statement's answer even if the BEGIN failed: the stream stays aligned.
-            self.connection.handle_messages(context)
+        self.held_contexts.append(context)
         return context
 
-    def _send(self, message: bytes) -> Any:
-        """Write (after a held-back BEGIN) and flush; the BEGIN's context if one went out."""
-        begun = None
-        if self.begin_pending:
-            self.begin_pending = False
-            message = _begin_message() + message
-            begun = core.Context(_IMPLICIT_BEGIN)
+    def _exchange(self, statement: str, message: bytes) -> Any:
+        context = core.Context(statement)
+        self._read([*self._send(message), context])
+        return context
+
+    def _read(self, contexts: list[Any]) -> None:
+        """Read every answer, even after an error (the stream stays aligned); raise the first."""
+        first_error: Exception | None = None
+        for context in contexts:
+            try:
+                self.connection.handle_messages(context)
+            except Exception as error:
+                first_error = first_error or error
+        if first_error is not None:
+            raise first_error
+
+    def _send(self, message: bytes) -> list[Any]:
+        """Write what is held, then `message`, and flush; the held statements' contexts."""
+        waiting = self.held_contexts
+        if waiting:
+            message = bytes(self.held) + message
+            self.held, self.held_contexts, self.begin_pending = bytearray(), [], False
+        if not message:
+            return waiting
         sock = self.connection._sock
         if sock is None:
             raise core.InterfaceError("connection is closed")
@@ -199,7 +219,28 @@ class _Pipeline:
         except OSError as error:
             raise core.InterfaceError("network error") from error
         core._flush(sock)
-        return begun
+        return waiting
+
+
+@contextmanager
+def answered_with_next(conn: Connection) -> Iterator[None]:
+    """Statements run in the block are sent with the next one, saving a round trip each.
+
+    For statements whose rows nobody reads (a lock): their results have no rows, and an error
+    in one is raised by the next statement, which then fails too (the transaction is
+    aborted). Each still runs alone, in order, with a snapshot of its own. On stock pg8000
+    (see `install`) the block changes nothing.
+    """
+    pipeline = getattr(conn.connection.dbapi_connection, "execute_unnamed", None)
+    owner = getattr(pipeline, "__self__", None)
+    if not isinstance(owner, _Pipeline):
+        yield
+        return
+    owner.answer_later = True
+    try:
+        yield
+    finally:
+        owner.answer_later = False
 
 
 @functools.lru_cache(maxsize=1024)

@@ -13,6 +13,7 @@ from typing import Any
 
 from sqlalchemy import Connection
 
+from genjobs import pg_wire
 from genjobs.errors import InvalidRequest
 from genjobs.jobs import Job, Usage
 from genjobs.sql import query
@@ -86,7 +87,8 @@ class ClaimResult:
 
 def user_usage(conn: Connection, user_id: uuid.UUID, idempotency_key: str | None) -> UserUsage:
     """Lock the user's submissions for this transaction and read their limits' counters."""
-    conn.execute(query("lock_user_submissions"), {"user_id": user_id})
+    with pg_wire.answered_with_next(conn):  # one round trip for both
+        conn.execute(query("lock_user_submissions"), {"user_id": user_id})
     row = conn.execute(query("user_usage"), {"user_id": user_id, "key": idempotency_key}).one()
     existing = _job_from_json(row.existing) if row.existing is not None else None
     return UserUsage(row.recent, row.active, int(row.tokens), existing)

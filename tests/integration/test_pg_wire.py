@@ -281,3 +281,92 @@ def test_a_missing_pg8000_internal_keeps_stock_pg8000(
     finally:
         connection.close()
         pg_wire._warn_once.cache_clear()
+
+
+# --- Statements answered with the next one ------------------------------------------------
+
+
+def test_a_statement_answered_with_the_next_shares_its_round_trip(
+    counted: tuple[Database, CountingProxy],
+) -> None:
+    database, proxy = counted
+    with database.transaction() as conn:
+        conn.execute(text("SELECT 1"))
+    proxy.counts.reset()
+    with database.transaction() as conn:
+        with pg_wire.answered_with_next(conn):
+            held = conn.execute(text("SELECT pg_advisory_xact_lock(CAST(:k AS bigint))"), {"k": 7})
+        assert not held.returns_rows
+        assert conn.execute(text("SELECT CAST(:x AS int)"), {"x": 3}).scalar_one() == 3
+    counts = proxy.counts.snapshot()
+    # BEGIN, the lock and the SELECT in one; COMMIT.
+    assert (counts["round_trips"], counts["statements"]) == (2, 4), counts
+
+
+def test_a_held_statement_runs_before_the_next_takes_its_snapshot(
+    counted: tuple[Database, CountingProxy], app_database_url: str
+) -> None:
+    """The submit's lock: the read after it sees what the lock's last holder committed."""
+    database, _ = counted
+    table = f"held_{uuid.uuid4().hex[:8]}"
+    with database.transaction() as conn:
+        conn.execute(text(f"CREATE TABLE {table} (n int)"))
+    locked = threading.Event()
+    seen: list[int] = []
+
+    def later() -> None:
+        locked.wait(5)
+        with database.transaction() as conn:
+            with pg_wire.answered_with_next(conn):
+                conn.execute(text("SELECT pg_advisory_xact_lock(CAST(:k AS bigint))"), {"k": 11})
+            seen.append(conn.execute(text(f"SELECT count(*) FROM {table}")).scalar_one())
+
+    try:
+        thread = threading.Thread(target=later)
+        thread.start()
+        with database.transaction() as conn:
+            conn.execute(text("SELECT pg_advisory_xact_lock(CAST(:k AS bigint))"), {"k": 11})
+            locked.set()
+            time.sleep(0.3)  # the other transaction waits on the lock meanwhile
+            conn.execute(text(f"INSERT INTO {table} VALUES (1)"))
+        thread.join(5)
+        assert seen == [1]
+    finally:
+        with database.transaction() as conn:
+            conn.execute(text(f"DROP TABLE {table}"))
+
+
+def test_an_error_in_a_held_statement_is_raised_by_the_next_and_the_connection_recovers(
+    counted: tuple[Database, CountingProxy],
+) -> None:
+    database, _ = counted
+    invalid = pytest.raises(sa_exc.DBAPIError, match="invalid input syntax for type uuid")
+    with invalid, database.transaction() as conn:
+        with pg_wire.answered_with_next(conn):
+            conn.execute(text("SELECT CAST(:id AS uuid)"), {"id": "not-a-uuid"})
+        conn.execute(text("SELECT 1"))  # fails too (aborted), but the lock's error is raised
+    with invalid, database.transaction() as conn:  # nothing after it: the COMMIT raises it
+        with pg_wire.answered_with_next(conn):
+            conn.execute(text("SELECT CAST(:id AS uuid)"), {"id": "not-a-uuid"})
+    for _ in range(3):
+        with database.transaction() as conn:
+            assert conn.execute(text("SELECT CAST(:x AS int)"), {"x": 5}).scalar_one() == 5
+
+
+def test_a_held_statement_is_only_written_by_a_commit_when_nothing_follows(
+    counted: tuple[Database, CountingProxy],
+) -> None:
+    database, proxy = counted
+    table = f"held_{uuid.uuid4().hex[:8]}"
+    with database.transaction() as conn:
+        conn.execute(text(f"CREATE TABLE {table} (n int)"))
+    try:
+        proxy.counts.reset()
+        with database.transaction() as conn, pg_wire.answered_with_next(conn):
+            conn.execute(text(f"INSERT INTO {table} VALUES (CAST(:n AS int))"), {"n": 4})
+        assert proxy.counts.snapshot()["round_trips"] == 1  # BEGIN, the INSERT, COMMIT
+        with database.transaction() as conn:
+            assert conn.execute(text(f"SELECT n FROM {table}")).scalar_one() == 4
+    finally:
+        with database.transaction() as conn:
+            conn.execute(text(f"DROP TABLE {table}"))

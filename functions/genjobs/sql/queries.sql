@@ -36,7 +36,7 @@ reserve_charged_tokens = coalesce(reserve_charged_tokens, 0)
 -- ===== Submit (api) =====
 
 -- name: lock_user_submissions
--- Serialise one user's submits until commit (its own statement: the next one's snapshot must see what the lock holder committed).
+-- Serialise one user's submits until commit (its own statement: the next one's snapshot must see what the lock holder committed; sent with that next one, in one round trip).
 SELECT pg_advisory_xact_lock(hashtextextended(CAST(:user_id AS text), 7))
 
 -- name: user_usage
