@@ -17,7 +17,10 @@ from flask import Request
 if TYPE_CHECKING:
     from collections.abc import Callable
 
+    from openai import OpenAI
+
     from genjobs.db import Database
+    from genjobs.settings import Role
 
 
 @functions_framework.http
@@ -27,21 +30,25 @@ def baseline(request: Request) -> tuple[str, int]:
 
 
 @functools.cache
-def _database() -> Database:
+def _database(role: Role = "api") -> Database:
     # Imported here: the bare `baseline` target must not pay for SQLAlchemy at cold start.
     from genjobs.db import create_database
     from genjobs.settings import load_settings
 
-    return create_database(load_settings("api"))
+    return create_database(load_settings(role))
+
+
+def _trivial_transaction(role: Role = "api") -> None:
+    from sqlalchemy import text
+
+    with _database(role).transaction() as conn:
+        conn.execute(text("SELECT :one"), {"one": 1}).scalar_one()
 
 
 @functions_framework.http
 def one_transaction(request: Request) -> tuple[str, int]:
     """A constant after one trivial transaction: the floor of a handler that uses the database."""
-    from sqlalchemy import text
-
-    with _database().transaction() as conn:
-        conn.execute(text("SELECT :one"), {"one": 1}).scalar_one()
+    _trivial_transaction()
     return "ok", 200
 
 
@@ -137,17 +144,69 @@ def worker_connect_floor(request: Request) -> tuple[str, int]:
     return "ok", 200
 
 
-# Figure 5's floor: each push held as long as the stub model holds a job, nothing else done.
+# Figure 5's floors: each push held as long as the stub model holds a job, either doing nothing
+# else (`push_sleep`) or only what the worker's libraries do for a job (`push_libraries`).
 _pushes: list[tuple[float, float]] = []
+
+
+def _timed_push(
+    request: Request, work: Callable[[float], None], prepare: Callable[[], None] = lambda: None
+) -> tuple[str, int, dict[str, str]]:
+    """A push (POST) answered 200 after `work(FLOOR_SLEEP_SECONDS)`, its start and end
+    wall-clock times kept; GET: those times as JSON `[[start, end], ...]`, after `prepare()`
+    (the bench GETs before the burst: a warmed-up app meets it, as the worker does)."""
+    if request.method != "POST":
+        prepare()
+        return json.dumps(_pushes), 200, {"Content-Type": "application/json"}
+    started = time.time()
+    work(float(os.environ.get("FLOOR_SLEEP_SECONDS", "5")))
+    _pushes.append((started, time.time()))  # one append: atomic under the GIL
+    return "ok", 200, {}
 
 
 @functions_framework.http
 def push_sleep(request: Request) -> tuple[str, int, dict[str, str]]:
-    """A push (POST) answered 200 after FLOOR_SLEEP_SECONDS, its start and end wall-clock
-    times kept; GET: those times as JSON `[[start, end], ...]`."""
-    if request.method != "POST":
-        return json.dumps(_pushes), 200, {"Content-Type": "application/json"}
-    started = time.time()
-    time.sleep(float(os.environ.get("FLOOR_SLEEP_SECONDS", "5")))
-    _pushes.append((started, time.time()))  # one append: atomic under the GIL
-    return "ok", 200, {}
+    """Each push only sleeps: what the emulator, the front end and the threads allow."""
+    return _timed_push(request, time.sleep)
+
+
+@functools.cache
+def _model() -> OpenAI:
+    from openai import OpenAI
+
+    return OpenAI(api_key="floor", base_url=os.environ["OPENAI_BASE_URL"], max_retries=0)
+
+
+def _library_job(seconds: float) -> None:
+    """A job's work in the worker's libraries alone: a transaction (the claim), a streamed call
+    the stub model holds `seconds`, read chunk by chunk, a transaction (the outcome)."""
+    from openai import Stream
+
+    _trivial_transaction("worker")
+    stream = _model().post(
+        "/chat/completions",
+        body={
+            "model": "stub",
+            "stream": True,
+            "messages": [{"role": "user", "content": f"floor stub:sleep={seconds:g}"}],
+        },
+        cast_to=object,
+        stream=True,
+        stream_cls=Stream[object],
+    )
+    with stream:
+        for _chunk in stream:
+            pass
+    _trivial_transaction("worker")
+
+
+@functions_framework.http
+def push_libraries(request: Request) -> tuple[str, int, dict[str, str]]:
+    """Each push does a job's work in the worker's libraries and nothing of ours: its floor."""
+    return _timed_push(request, _library_job, _prepare_library_job)
+
+
+def _prepare_library_job() -> None:
+    """The database pool and the model client, built and used once."""
+    _trivial_transaction("worker")
+    _model().models.list()

@@ -159,18 +159,22 @@ class Floor:
         return self.sleep_seconds / self.seconds if self.seconds else 0.0
 
 
-def floor(stack: Stack, size: Size, logs: Path) -> Floor:
+def floor(stack: Stack, size: Size, logs: Path, *, libraries: bool = False) -> Floor:
     """Publish the burst to the worker's subscription with a bare functions-framework app
-    (`push_sleep`, the worker's `THREADS`) in the worker's place; the worker is paused meanwhile.
+    (the worker's `THREADS`) in the worker's place; the worker is paused meanwhile.
 
     Same emulator, push subscription and front end as figure 5: what those and gunicorn's threads
-    allow on this machine, before any of the worker's own work.
+    allow on this machine, before any of the worker's own work (`push_sleep`), or with only the
+    work its libraries do for a job (`libraries`: `push_libraries`, in the worker's environment).
     """
     port = stack.ports.worker_container
     stack.supervisor.pause("worker")
     wait_for_close(port, timeout=10)
     env = {"FLOOR_SLEEP_SECONDS": f"{size.sleep_seconds:g}"}
-    app = Supervisor([baseline_service(port, WORKER_THREADS, "push_sleep", env)], output_dir=logs)
+    if libraries:
+        env = {**stack.service("worker").env, **env}
+    target = "push_libraries" if libraries else "push_sleep"
+    app = Supervisor([baseline_service(port, WORKER_THREADS, target, env)], output_dir=logs)
     app.start()
     try:
         first_success(port, TIMES, timeout=30)
@@ -223,7 +227,7 @@ def figures(
     *,
     key: str,
     title: str,
-    target: float,
+    target: float | None,
     details: dict[str, Any],
 ) -> list[Figure]:
     """Jobs/s against the ideal, peak RSS against the bare app's, connections against the pool.
@@ -241,7 +245,7 @@ def figures(
             conc.ideal_jobs_per_second,
             "ideal",
             target,
-            "ratio>=",
+            "ratio>=" if target is not None else None,
             {
                 **details,
                 "succeeded": conc.succeeded,

@@ -3,8 +3,9 @@
 `[--rounds N] [--variant NAME:KEY=VALUE,... ...] [--no-floor] [--py-spy DIR]`: one stack
 (BENCH_DATABASE_URL as for `python -m bench`); in each round, for each variant (worker settings
 over the stack's), a new worker process (as a new instance meets a burst: few request threads
-started yet) warmed up with a few jobs runs figure 5's burst; then the floor's burst
-(`bench.concurrency.floor`: the same pushes answered by a bare app that only sleeps). Prints
+started yet) warmed up with a few jobs runs figure 5's burst; then the floors' bursts
+(`bench.concurrency.floor`: the same pushes answered by a bare app that only sleeps, then by
+one that does only what the worker's libraries do for a job). Prints
 each burst with the load average and CPU seconds per process, then each variant's median.
 """
 
@@ -98,12 +99,12 @@ def burst(stack: Stack, logs: Path, phase: str, env: dict[str, str], spy_dir: Pa
     return ratio
 
 
-def floor_burst(stack: Stack, logs: Path, index: int) -> float:
-    """The floor's burst; prints it and returns its ratio."""
+def floor_burst(stack: Stack, logs: Path, name: str, *, libraries: bool = False) -> float:
+    """A floor's burst; prints it and returns its ratio."""
     before = load()
-    low = concurrency.floor(stack, FULL, logs)
+    low = concurrency.floor(stack, FULL, logs, libraries=libraries)
     print(
-        f"floor-{index}: ratio {low.ratio:.3f}, span {low.seconds:.2f} s, start spread"
+        f"{name}: ratio {low.ratio:.3f}, span {low.seconds:.2f} s, start spread"
         f" {low.start_spread_seconds:.2f} s, {low.jobs} pushes; load {before} → {load()}",
         flush=True,
     )
@@ -125,7 +126,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--py-spy", type=Path, metavar="DIR", help="profile each burst into DIR")
     args = parser.parse_args(argv)
     variants: list[tuple[str, dict[str, str]]] = args.variant or [("shipped", {})]
-    ratios: dict[str, list[float]] = {name: [] for name, _ in [*variants, ("floor", {})]}
+    floors = ("floor", "library-floor")
+    ratios: dict[str, list[float]] = {name: [] for name in [*(n for n, _ in variants), *floors]}
     with tempfile.TemporaryDirectory(prefix="genjobs-fig5-") as workdir, bench_database() as db:
         logs = Path(workdir)
         stack = start_stack(db, logs / "stack")
@@ -138,7 +140,11 @@ def main(argv: Sequence[str] | None = None) -> int:
                     ratio = burst(stack, logs, phase, {**shipped, **env}, args.py_spy)
                     ratios[name].append(ratio)
                 if not args.no_floor:
-                    ratios["floor"].append(floor_burst(stack, logs, index))
+                    for name in floors:
+                        ratio = floor_burst(
+                            stack, logs, f"{name}-{index}", libraries=name == "library-floor"
+                        )
+                        ratios[name].append(ratio)
         except BaseException:
             show_logs(logs)  # the work folder goes with the error: say what it saw first
             raise
