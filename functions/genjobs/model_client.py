@@ -162,7 +162,6 @@ class ModelClient:
         `on_text` answering False stops the call: the stream is closed (the model stops
         generating, so spending stops) and StreamStopped carries what was billed so far.
         """
-        import httpx
         import openai
         from openai import Stream
         from openai.types.chat import ChatCompletion
@@ -215,13 +214,6 @@ class ModelClient:
             if isinstance(mapped, ModelUnavailable | PermanentFailure):
                 mapped.usage = answer.usage() if answer.chunks else None
             raise mapped from None
-        except httpx.TransportError:
-            # The connection dropped (or stalled past the timeout) mid-stream: transient.
-            raise ModelUnavailable(
-                "the model stream broke off",
-                code="model_connection_error",
-                usage=answer.usage(),
-            ) from None
         return self._read(task, answer.completion())
 
     def _read(self, task: Task, completion: ChatCompletion) -> ModelAnswer:

@@ -344,10 +344,10 @@ def test_an_error_in_a_held_statement_is_raised_by_the_next_and_the_connection_r
     with invalid, database.transaction() as conn:
         with pg_wire.answered_with_next(conn):
             conn.execute(text("SELECT CAST(:id AS uuid)"), {"id": "not-a-uuid"})
-        conn.execute(text("SELECT 1"))  # fails too (aborted), but the lock's error is raised
-    with invalid, database.transaction() as conn:  # nothing after it: the COMMIT raises it
-        with pg_wire.answered_with_next(conn):
-            conn.execute(text("SELECT CAST(:id AS uuid)"), {"id": "not-a-uuid"})
+        conn.execute(text("SELECT 1"))  # fails too (aborted); the held one's error is raised
+    # Nothing after it: the COMMIT raises it.
+    with invalid, database.transaction() as conn, pg_wire.answered_with_next(conn):
+        conn.execute(text("SELECT CAST(:id AS uuid)"), {"id": "not-a-uuid"})
     for _ in range(3):
         with database.transaction() as conn:
             assert conn.execute(text("SELECT CAST(:x AS int)"), {"x": 5}).scalar_one() == 5

@@ -96,3 +96,46 @@ def test_terraform_leaves_operator_tools_out_of_the_source_archive() -> None:
     (line,) = [line for line in locals_tf.splitlines() if line.strip().startswith("source_files")]
     assert "setsubtract(" in line and 'fileset(local.functions_dir, "genjobs/ops/**")' in line
     assert "genjobs/sql/*.sql" in locals_tf
+
+
+def _deployed_distributions() -> set[str]:
+    """requirements.txt's distributions and everything they depend on (extras left out)."""
+    from importlib import metadata
+
+    from packaging.requirements import Requirement
+    from packaging.utils import canonicalize_name
+
+    lines = (ROOT / "requirements.txt").read_text().splitlines()
+    pending = [Requirement(line.split("#")[0]).name for line in lines if line.split("#")[0].strip()]
+    closure: set[str] = set()
+    while pending:
+        name = canonicalize_name(pending.pop())
+        if name in closure:
+            continue
+        closure.add(name)
+        for text in metadata.requires(name) or []:
+            requirement = Requirement(text)
+            if requirement.marker is None or requirement.marker.evaluate({"extra": ""}):
+                pending.append(requirement.name)
+    return closure
+
+
+def test_every_library_the_deployed_code_imports_is_installed_by_requirements_txt() -> None:
+    """A dev-only package (installed here by requirements-dev.txt) is missing in the cloud."""
+    from importlib import metadata
+
+    from packaging.utils import canonicalize_name
+
+    deployed = _deployed_distributions()
+    providers = metadata.packages_distributions()
+    # pgserver: the embedded Postgres of local runs without DATABASE_URL (a clear error if absent).
+    ours = {"main", "genjobs", "__future__", "pgserver"}
+    libraries = {
+        name.split(".")[0] for name in reachable_from_main() if name.split(".")[0] not in ours
+    } - set(sys.stdlib_module_names)
+    missing = sorted(
+        library
+        for library in libraries
+        if not any(canonicalize_name(d) in deployed for d in providers.get(library, []))
+    )
+    assert not missing, f"deployed code imports what requirements.txt does not install: {missing}"

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import threading
+import uuid
 from collections.abc import Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
@@ -394,3 +395,13 @@ def test_odd_chunks_add_no_text_and_a_stream_without_usage_is_estimated(
 def test_a_streamed_refusal_is_a_refusal(scripted: Scripted) -> None:
     with pytest.raises(ModelRefused):
         stream(scripted, [chunk({"refusal": "I can't"}, finish_reason="stop")])
+
+
+def test_a_stream_cut_mid_answer_is_transient_and_bills_what_came(client: ModelClient) -> None:
+    texts: list[str] = []
+    messages = SUMMARIZE.messages_for({"text": f"cut {uuid.uuid4()} stub:tokens=20 stub:cut=5"})
+    with pytest.raises(ModelUnavailable) as caught:
+        client.stream(SUMMARIZE, messages, timeout=5, on_text=lambda t: texts.append(t) or True)
+    assert caught.value.code == "model_connection_error"
+    assert len(texts) == 5
+    assert caught.value.usage is not None and caught.value.usage.completion_tokens == 5
