@@ -7,7 +7,7 @@ import json
 import re
 import threading
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Protocol, TypeGuard
 
@@ -71,8 +71,12 @@ class SupportsGenerate(Protocol):
         *,
         timeout: float,
         on_text: Callable[[str], bool],
+        reads: StreamReads | None = None,
     ) -> ModelAnswer:
-        """`generate`, handing text to `on_text` as it comes; its False raises StreamStopped."""
+        """`generate`, handing text to `on_text` as it comes; its False raises StreamStopped.
+
+        `reads`, if given, follows the stream's network reads.
+        """
         ...
 
 
@@ -156,6 +160,7 @@ class ModelClient:
         *,
         timeout: float,
         on_text: Callable[[str], bool],
+        reads: StreamReads | None = None,
     ) -> ModelAnswer:
         """One streamed chat completion; each piece of text goes to `on_text` as it arrives.
 
@@ -184,6 +189,8 @@ class ModelClient:
                 stream_cls=Stream[object],
                 options={"timeout": timeout, "security": {"bearer_auth": True}},
             )
+            if reads is not None:
+                reads.follow(stream.response)
             with stream:
                 for chunk in stream:
                     text = answer.add(chunk)
@@ -445,6 +452,34 @@ def _usage(completion: ChatCompletion, task: Task) -> Usage:
         prompt_tokens=usage.prompt_tokens if usage else 0,
         completion_tokens=usage.completion_tokens if usage else 0,
     )
+
+
+class StreamReads:
+    """Whether a model stream is waiting on the network now (in a read), for the thread that
+    writes its text: text it is still parsing has already arrived."""
+
+    def __init__(self) -> None:
+        self.followed = False
+        self.waiting = False
+
+    def follow(self, response: Any) -> None:
+        """Follow `response`'s reads: the SDK's Stream asks it for `iter_bytes()` when it
+        starts reading, after this."""
+        read = response.iter_bytes
+        response.iter_bytes = lambda *args, **kwargs: self._watch(read(*args, **kwargs))
+        self.followed = True
+
+    def _watch(self, chunks: Iterable[bytes]) -> Iterator[bytes]:
+        iterator = iter(chunks)
+        while True:
+            self.waiting = True
+            try:
+                chunk = next(iterator)
+            except StopIteration:
+                return
+            finally:
+                self.waiting = False
+            yield chunk
 
 
 class _StreamedAnswer:

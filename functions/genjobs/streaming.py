@@ -12,6 +12,7 @@ from collections.abc import Callable
 from genjobs import store
 from genjobs.db import Database
 from genjobs.jobs import Job
+from genjobs.model_client import StreamReads
 from genjobs.store import StreamTail
 
 log = logging.getLogger(__name__)
@@ -21,10 +22,12 @@ class DeltaWriter:
     """`on_text` for a model stream: the first text is written once it is `first_seconds` old,
     then at most every `flush_seconds`; text not written when the stream ends goes with the
     outcome (`take_tail`). So an answer that arrives whole costs no write of its own, while a
-    stream's first words still show within `first_seconds` (a timer writes them if no more
-    text comes). Each write is fenced by the attempt (and renews its lease); once one is
-    refused, or the heartbeat has set `lost`, the attempt no longer owns the job and the
-    writer answers False to stop the call.
+    stream's first words still show within `first_seconds` (a timer writes them). With the
+    stream's `reads` followed, the timer writes them only once the stream waits on the network:
+    an answer already read is not split, however long parsing it takes on a busy worker.
+    Each write is fenced by the attempt (and renews its lease); once one is refused, or the
+    heartbeat has set `lost`, the attempt no longer owns the job and the writer answers False
+    to stop the call.
     """
 
     def __init__(
@@ -36,9 +39,11 @@ class DeltaWriter:
         lease_seconds: float,
         first_seconds: float = 0.0,
         lost: threading.Event | None = None,
+        reads: StreamReads | None = None,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self._db = db
+        self._reads = reads or StreamReads()
         self._lost = lost or threading.Event()
         self._job = job
         self._flush_seconds = flush_seconds
@@ -63,7 +68,10 @@ class DeltaWriter:
                     self._first_at = now
                     if self._first_seconds > 0:
                         FIRST_TEXT_TIMER.schedule(self._first_seconds, self._flush_first)
-                due = now - self._first_at >= self._first_seconds
+                due = self._first_seconds == 0 or (
+                    # A followed stream's first words are the timer's to write.
+                    not self._reads.followed and now - self._first_at >= self._first_seconds
+                )
             else:
                 due = now - self._last_write >= self._flush_seconds
             return self._flush() if due else self._still_owned()
@@ -92,10 +100,15 @@ class DeltaWriter:
             return self._flush()
 
     def _flush_first(self) -> None:
-        """The timer's write of first words no later text has written."""
+        """The timer's write of first words no later text has written, once the stream waits
+        on the network; while it is still parsing what it has read, the timer looks again."""
         with self._lock:
-            if self._seq == 0 and not self._closed:
+            if self._seq > 0 or self._closed:
+                return
+            if not self._reads.followed or self._reads.waiting:
                 self._flush()
+                return
+        FIRST_TEXT_TIMER.schedule(self._first_seconds, self._flush_first)
 
     def _still_owned(self) -> bool:
         if self._lost.is_set():

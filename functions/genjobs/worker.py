@@ -18,7 +18,7 @@ from genjobs.db import Database
 from genjobs.errors import ModelUnavailable, PermanentFailure, StreamStopped
 from genjobs.heartbeat import Heartbeat
 from genjobs.jobs import Job, Usage
-from genjobs.model_client import ModelAnswer, SupportsGenerate
+from genjobs.model_client import ModelAnswer, StreamReads, SupportsGenerate
 from genjobs.push import (
     PushAnswer,
     PushMessage,
@@ -235,6 +235,7 @@ class Worker:
                 # The heartbeat found the job cancelled or taken over: nothing to write.
                 raise StreamStopped(answer.usage)
             return answer, None
+        reads = StreamReads()
         writer = DeltaWriter(
             self._db,
             job,
@@ -242,10 +243,13 @@ class Worker:
             first_seconds=self._settings.stream_first_flush_ms / 1000,
             lease_seconds=self._settings.lease_seconds,
             lost=lost,
+            reads=reads,
             clock=self._clock,
         )
         try:
-            answer = self._model.stream(task, messages, timeout=timeout, on_text=writer)
+            answer = self._model.stream(
+                task, messages, timeout=timeout, on_text=writer, reads=reads
+            )
         except BaseException:
             writer.close()
             raise

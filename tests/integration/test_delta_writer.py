@@ -2,15 +2,19 @@
 
 from __future__ import annotations
 
+import threading
 import time
 import uuid
 
 from sqlalchemy import text
 
+from devstack.stub_model import StubModelServer
 from genjobs import store
 from genjobs.db import Database
 from genjobs.jobs import Job
+from genjobs.model_client import ModelClient, StreamReads
 from genjobs.streaming import DeltaWriter
+from genjobs.tasks import TASKS
 from tests.factories import JobFactory
 
 
@@ -94,3 +98,87 @@ def test_the_timer_writes_nothing_once_the_outcome_took_the_text(
     assert tail is not None and tail.text == "All of it."
     time.sleep(0.3)  # the first-text deadline passes
     assert deltas(clean_db, job.id) == []
+
+
+# --- With the stream's network reads followed (the worker's case) ----------------------------
+
+
+def followed(*, waiting: bool) -> StreamReads:
+    reads = StreamReads()
+    reads.followed, reads.waiting = True, waiting
+    return reads
+
+
+def test_text_still_being_parsed_is_not_split_however_long_parsing_takes(
+    clean_db: Database, job_factory: JobFactory
+) -> None:
+    """A busy worker parsing an answer it has already read: the window passes, nothing is
+    written, the timer keeps looking; the outcome takes it all."""
+    job = claimed(clean_db, job_factory)
+    now = [0.0]
+    reads = followed(waiting=False)
+    writer = DeltaWriter(
+        clean_db,
+        job,
+        flush_seconds=0.2,
+        lease_seconds=30,
+        first_seconds=0.05,
+        reads=reads,
+        clock=lambda: now[0],
+    )
+    writer("One ")
+    now[0] = 1.0  # long past the window
+    assert writer("whole ") and writer("answer.")
+    time.sleep(0.3)  # the timer fires, finds the stream parsing, and looks again
+    assert deltas(clean_db, job.id) == []
+    tail = writer.take_tail()
+    assert tail is not None and (tail.seq, tail.text) == (0, "One whole answer.")
+
+
+def test_first_words_are_written_once_the_stream_waits_on_the_network(
+    clean_db: Database, job_factory: JobFactory
+) -> None:
+    job = claimed(clean_db, job_factory)
+    reads = followed(waiting=False)
+    writer = DeltaWriter(
+        clean_db, job, flush_seconds=0.2, lease_seconds=30, first_seconds=0.05, reads=reads
+    )
+    writer("First words")
+    time.sleep(0.2)
+    assert deltas(clean_db, job.id) == []  # still parsing: nothing yet
+    reads.waiting = True
+    deadline = time.monotonic() + 5
+    while not deltas(clean_db, job.id):
+        assert time.monotonic() < deadline, "the first words were never written"
+        time.sleep(0.02)
+    assert deltas(clean_db, job.id) == [(0, "First words")]
+    assert writer.take_tail() is None
+
+
+def test_the_model_client_tells_when_its_stream_waits_on_the_network() -> None:
+    """The SDK's own reads are followed: waiting between paced tokens, not once it has ended."""
+    stub = StubModelServer().start()
+    try:
+        client = ModelClient(api_key=None, base_url=stub.url)
+        task = TASKS["summarize"]
+        reads = StreamReads()
+        first = threading.Event()
+        seen: list[bool] = []
+
+        def look() -> None:
+            first.wait(5)
+            time.sleep(0.1)  # the next token is 0.3 s away
+            seen.append(reads.waiting)
+
+        looker = threading.Thread(target=look)
+        looker.start()
+        messages = task.messages_for({"text": "paced stub:tokens=3 stub:pace=300"})
+        answer = client.stream(
+            task, messages, timeout=10, on_text=lambda _: first.set() or True, reads=reads
+        )
+        looker.join(5)
+    finally:
+        stub.stop()
+    assert reads.followed and answer.completion_tokens == 3
+    assert seen == [True]
+    assert reads.waiting is False

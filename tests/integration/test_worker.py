@@ -19,7 +19,7 @@ from devstack.stub_model import StubModelServer
 from genjobs import store
 from genjobs.db import Database
 from genjobs.errors import ModelUnavailable, Unauthenticated
-from genjobs.model_client import ModelAnswer, ModelClient, SupportsGenerate
+from genjobs.model_client import ModelAnswer, ModelClient, StreamReads, SupportsGenerate
 from genjobs.push import PushAnswer
 from genjobs.settings import Settings
 from genjobs.statuses import Status
@@ -61,8 +61,11 @@ class Around:
         *,
         timeout: float,
         on_text: Callable[[str], bool],
+        reads: StreamReads | None = None,
     ) -> ModelAnswer:
-        generation = self.inner.stream(task, messages, timeout=timeout, on_text=on_text)
+        generation = self.inner.stream(
+            task, messages, timeout=timeout, on_text=on_text, reads=reads
+        )
         self.during()
         return generation
 
@@ -436,7 +439,13 @@ def test_unexpected_error_nacks_and_requeues_at_once(
             raise RuntimeError("a bug")
 
         def stream(
-            self, task: Task, messages: Sequence[Message], *, timeout: float, on_text: Any
+            self,
+            task: Task,
+            messages: Sequence[Message],
+            *,
+            timeout: float,
+            on_text: Any,
+            reads: Any = None,
         ) -> ModelAnswer:
             raise RuntimeError("a bug")
 
@@ -479,7 +488,13 @@ class RateLimitedModel:
         raise ModelUnavailable("rate limited", retry_after=self.retry_after, code="rate_limited")
 
     def stream(
-        self, task: Task, messages: Sequence[Message], *, timeout: float, on_text: Any
+        self,
+        task: Task,
+        messages: Sequence[Message],
+        *,
+        timeout: float,
+        on_text: Any,
+        reads: Any = None,
     ) -> ModelAnswer:
         return self.generate(task, messages, timeout=timeout)
 
