@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import heapq
 import itertools
 import logging
@@ -16,6 +17,8 @@ from genjobs.model_client import StreamReads
 from genjobs.store import StreamTail
 
 log = logging.getLogger(__name__)
+
+CONFIRM = 0.2  # of the first-text window: how long a stream found waiting is looked at again
 
 
 class DeltaWriter:
@@ -99,16 +102,23 @@ class DeltaWriter:
         with self._lock:
             return self._flush()
 
-    def _flush_first(self) -> None:
+    def _flush_first(self, waiting_with: int | None = None) -> None:
         """The timer's write of first words no later text has written, once the stream waits
-        on the network; while it is still parsing what it has read, the timer looks again."""
+        on the network; while it is still parsing what it has read, the timer looks again.
+
+        Waiting means found in a read twice, `CONFIRM` of the window apart, with no text in
+        between: a read of data already received can also be caught waiting, for the GIL.
+        """
         with self._lock:
             if self._seq > 0 or self._closed:
                 return
-            if not self._reads.followed or self._reads.waiting:
+            texts = len(self._pending)
+            if not self._reads.followed or (self._reads.waiting and waiting_with == texts):
                 self._flush()
                 return
-        FIRST_TEXT_TIMER.schedule(self._first_seconds, self._flush_first)
+            found = texts if self._reads.waiting else None
+        delay = self._first_seconds * (CONFIRM if found is not None else 1)
+        FIRST_TEXT_TIMER.schedule(delay, functools.partial(self._flush_first, found))
 
     def _still_owned(self) -> bool:
         if self._lost.is_set():

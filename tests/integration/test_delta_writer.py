@@ -155,6 +155,26 @@ def test_first_words_are_written_once_the_stream_waits_on_the_network(
     assert writer.take_tail() is None
 
 
+def test_a_stream_found_waiting_is_looked_at_again_before_its_first_words_are_written(
+    clean_db: Database, job_factory: JobFactory
+) -> None:
+    """Found in a read at the window's end, then text comes (the read had it already): the
+    first words are not written alone; they go with that text once the stream waits again."""
+    job = claimed(clean_db, job_factory)
+    reads = followed(waiting=True)
+    writer = DeltaWriter(
+        clean_db, job, flush_seconds=0.2, lease_seconds=30, first_seconds=1.0, reads=reads
+    )
+    writer("First")
+    time.sleep(1.05)  # the timer has found it waiting once; it looks again 0.2 s later
+    writer(" words")
+    deadline = time.monotonic() + 5
+    while not deltas(clean_db, job.id):
+        assert time.monotonic() < deadline, "the first words were never written"
+        time.sleep(0.02)
+    assert deltas(clean_db, job.id) == [(0, "First words")]
+
+
 def test_the_model_client_tells_when_its_stream_waits_on_the_network() -> None:
     """The SDK's own reads are followed: waiting between paced tokens, not once it has ended."""
     stub = StubModelServer().start()
