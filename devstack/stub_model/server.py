@@ -491,6 +491,13 @@ class _Handler(BaseHTTPRequestHandler):
         self._headers(200, "text/event-stream; charset=utf-8", {"Cache-Control": "no-cache"})
         self.send_header("Transfer-Encoding", "chunked")
         self.end_headers()
+        if pace_ms == 0 and cut_after is None:
+            # No time between tokens: the whole answer in one write, as it was all there at
+            # once (one write per event would let this server's own threads space them out).
+            events = [stream.opening, *stream.tokens, *stream.closing]
+            self.wfile.write(b"".join(map(_event, events)) + _DONE)
+            self._server.state.bill(call, len(stream.tokens))
+            return True
         self._write_event(stream.opening)
         for sent, token in enumerate(stream.tokens):
             if sent == cut_after:
@@ -506,17 +513,26 @@ class _Handler(BaseHTTPRequestHandler):
         for chunk in stream.closing:
             self._write_event(chunk)
         # One write with the final chunk: the SDK closes right after [DONE] without reading on.
-        self.wfile.write(_chunk(b"data: [DONE]\n\n") + b"0\r\n\r\n")
+        self.wfile.write(_DONE)
         return True
 
     def _write_event(self, chunk: dict[str, Any]) -> None:
         """Send one ``data:`` event as one HTTP/1.1 chunk."""
-        self.wfile.write(_chunk(f"data: {json.dumps(chunk, ensure_ascii=False)}\n\n".encode()))
+        self.wfile.write(_event(chunk))
 
 
 def _chunk(data: bytes) -> bytes:
     """HTTP/1.1 chunked framing."""
     return b"%X\r\n%s\r\n" % (len(data), data)
+
+
+def _event(chunk: dict[str, Any]) -> bytes:
+    """One ``data:`` event as one HTTP/1.1 chunk."""
+    return _chunk(f"data: {json.dumps(chunk, ensure_ascii=False)}\n\n".encode())
+
+
+# The stream's end: the [DONE] event and the last (empty) HTTP chunk.
+_DONE = _chunk(b"data: [DONE]\n\n") + b"0\r\n\r\n"
 
 
 # ---------------------------------------------------------------- public API
