@@ -11,6 +11,7 @@ from collections.abc import Callable, Iterator
 from typing import Any
 from urllib.parse import urlsplit
 
+import pg8000.converters
 import pg8000.core
 import pg8000.dbapi
 import pytest
@@ -95,6 +96,43 @@ def test_values_and_nulls_come_back_typed(counted: tuple[Database, CountingProxy
     assert row.none is None
     assert isinstance(row.at, datetime.datetime) and row.at.tzinfo is not None
     assert row.percent == "100%"
+
+
+def test_timestamptz_values_read_as_pg8000_reads_them(
+    counted: tuple[Database, CountingProxy],
+) -> None:
+    """The fast reader gives pg8000's values, and hands it what it cannot read."""
+    database, _ = counted
+    cases = {
+        "2026-12-04 17:13:08.123456+00": datetime.datetime(
+            2026, 12, 4, 17, 13, 8, 123456, tzinfo=datetime.UTC
+        ),
+        "2026-12-04 17:13:08+05:30": datetime.datetime(2026, 12, 4, 11, 43, 8, tzinfo=datetime.UTC),
+        "infinity": "infinity",
+        "-infinity": "-infinity",
+    }
+    with database.transaction() as conn:
+        conn.execute(text("SET LOCAL TimeZone = 'Asia/Kolkata'"))  # output in +05:30
+        for value, expected in cases.items():
+            got = conn.execute(
+                text("SELECT CAST(:v AS timestamptz) AS at"), {"v": value}
+            ).scalar_one()
+            assert got == expected, value
+            assert got == pg8000.converters.timestamptz_in(str(_as_text(conn, value))), value
+        # Beyond datetime: pg8000 gives the text back.
+        far = conn.execute(text("SELECT CAST('10000-01-01 00:00+00' AS timestamptz)")).scalar_one()
+        bc = conn.execute(text("SELECT CAST('0044-03-15 12:00+00 BC' AS timestamptz)")).scalar_one()
+    assert isinstance(far, str) and far.startswith("10000-01-01")
+    assert isinstance(bc, str) and bc.endswith("BC")
+
+
+def _as_text(conn: Any, value: str) -> str:
+    """How the server writes `value` as timestamptz in this session."""
+    return str(
+        conn.execute(
+            text("SELECT CAST(CAST(:v AS timestamptz) AS text)"), {"v": value}
+        ).scalar_one()
+    )
 
 
 def test_an_error_leaves_the_connection_usable(counted: tuple[Database, CountingProxy]) -> None:
