@@ -90,8 +90,9 @@ class Settings:
     # api's 60 s request timeout; clients resume with Last-Event-ID) and sends a comment
     # heartbeat when idle so proxies keep it open.
     stream_flush_ms: int = 200
-    # The first text waits this long for more before it is written: an answer that arrives
-    # whole is then written once, with its outcome, and first words still show within it.
+    # The first text waits this long for more (and, in the worker, until the stream waits on
+    # the network) before it is written: an answer that arrives whole is then written once,
+    # with its outcome, and a slow stream's first words still show within it.
     stream_first_flush_ms: int = 25
     stream_poll_ms: int = 250
     # Until a stream's first text arrives, it polls this often (time to first token).
