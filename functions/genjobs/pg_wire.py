@@ -153,14 +153,11 @@ class _Pipeline:
 
     def __init__(self, connection: Any) -> None:
         self.connection = connection
-        self.held = bytearray()
-        self.held_contexts: list[Any] = []
-        self.begin_pending = False
+        self.held: list[tuple[bytes, Any]] = []  # (message, its context), in order
         self.answer_later = False
 
     def execute_simple(self, statement: str) -> Any:
-        if statement == _IMPLICIT_BEGIN and not self.begin_pending:
-            self.begin_pending = True
+        if statement == _IMPLICIT_BEGIN and not self.held:  # a BEGIN is always held first
             self.connection._transaction_status = core.IN_TRANSACTION
             return self._hold(statement, _begin_message())
         message = core._create_message(
@@ -200,9 +197,8 @@ class _Pipeline:
 
     def _hold(self, statement: str, message: bytes) -> Any:
         """Keep `message` for the next write; what the caller gets back has no rows."""
-        self.held += message
         context = core.Context(statement)
-        self.held_contexts.append(context)
+        self.held.append((message, context))
         return context
 
     def _exchange(self, statement: str, message: bytes) -> Any:
@@ -223,10 +219,9 @@ class _Pipeline:
 
     def _send(self, message: bytes) -> list[Any]:
         """Write what is held, then `message`, and flush; the held statements' contexts."""
-        waiting = self.held_contexts
-        if waiting:
-            message = bytes(self.held) + message
-            self.held, self.held_contexts, self.begin_pending = bytearray(), [], False
+        held, self.held = self.held, []
+        message = b"".join(m for m, _ in held) + message
+        waiting = [context for _, context in held]
         if not message:
             return waiting
         sock = self.connection._sock
