@@ -60,22 +60,30 @@ def wait_for_port(port: int, timeout: float, host: str = "127.0.0.1") -> bool:
     return False
 
 
+_handed_out: set[int] = set()
+
+
 def free_port() -> int:
     """An unused local TCP port (for tests running a stack beside `make run`).
 
     Taken below the kernel's ephemeral range: a port from the range (what binding port 0
     gives) can become some outgoing connection's source port before its service binds it,
-    and under a bench's connection churn that happened.
+    and under a bench's connection churn that happened. Never the same port twice in one
+    process: a stack's ports are all chosen before any is bound, and two of its services on
+    one port left one of them dead.
     """
     low = _ephemeral_range_start()
     for _ in range(200):
         port = low - 1 - secrets.randbelow(min(12000, low - 1024))
+        if port in _handed_out:
+            continue
         with socket.socket() as sock:
             try:
                 sock.bind(("127.0.0.1", port))
             except OSError:
                 continue
-            return port
+        _handed_out.add(port)
+        return port
     raise RuntimeError(f"no free TCP port below {low}")
 
 
