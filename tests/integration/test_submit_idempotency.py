@@ -7,11 +7,12 @@ import uuid
 from concurrent.futures import ThreadPoolExecutor
 
 import pytest
-from sqlalchemy import text
+from sqlalchemy import create_engine, text
+from sqlalchemy.pool import NullPool
 
 from genjobs import store
 from genjobs.api.submit import SubmitService, request_hash
-from genjobs.db import Database
+from genjobs.db import Database, pg8000_url
 from genjobs.errors import IdempotencyKeyReused
 from genjobs.settings import Settings
 from genjobs.tasks import TASKS
@@ -34,20 +35,40 @@ def new_job(user: uuid.UUID, key: str, body_hash: str) -> store.NewJob:
     )
 
 
-def wait_until_someone_waits_for_a_lock(db: Database, timeout: float = 10) -> None:
-    """Return once a session waits for a lock (here: the other insert's unique key)."""
+def wait_until_someone_waits_for_a_lock(database_url: str, timeout: float = 10) -> None:
+    """Return once a session of this database waits for a lock (the other insert's key).
+
+    It asks Postgres directly, not through the pool under test: behind PgBouncer the two
+    transactions it watches already hold two of the pooler's three server connections.
+    """
+    url, connect_args = pg8000_url(database_url)
+    engine = create_engine(url, connect_args=connect_args, poolclass=NullPool)
+    waiting = text(
+        "SELECT count(*) FROM pg_stat_activity"
+        " WHERE datname = current_database() AND wait_event_type = 'Lock'"
+    )
     deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        with db.transaction() as conn:
-            if conn.execute(text("SELECT count(*) FROM pg_locks WHERE NOT granted")).scalar_one():
-                return
-        time.sleep(0.02)
-    raise AssertionError("the submit never waited for the other insert")
+    try:
+        with engine.connect() as conn:
+            while time.monotonic() < deadline:
+                if conn.execute(waiting).scalar_one():
+                    return
+                conn.rollback()  # a new snapshot of pg_stat_activity
+                time.sleep(0.02)
+            sessions = conn.execute(
+                text(
+                    "SELECT state, wait_event_type, wait_event, left(query, 80) AS query"
+                    " FROM pg_stat_activity WHERE datname = current_database()"
+                )
+            ).all()
+    finally:
+        engine.dispose()
+    raise AssertionError(f"the submit never waited for the other insert; sessions: {sessions}")
 
 
 @pytest.mark.parametrize("same_body", [True, False])
 def test_a_key_inserted_concurrently_without_the_lock_is_replayed(
-    settings: Settings, clean_db: Database, same_body: bool
+    settings: Settings, clean_db: Database, database_url: str, same_body: bool
 ) -> None:
     service = SubmitService(settings, clean_db, RecordingPublisher(), TASKS)
     user, key = uuid.uuid4(), "raced"
@@ -59,7 +80,7 @@ def test_a_key_inserted_concurrently_without_the_lock_is_replayed(
             job = store.insert_job(other, new_job(user, key, fingerprint))  # no user_usage()
             assert job is not None
             answer = pool.submit(service.submit, user, BODY, key, None)
-            wait_until_someone_waits_for_a_lock(clean_db)  # ON CONFLICT waits for our commit
+            wait_until_someone_waits_for_a_lock(database_url)  # ON CONFLICT waits for our commit
         if same_body:
             submitted = answer.result(timeout=10)
             assert submitted.replayed and submitted.job.id == job.id
