@@ -178,6 +178,7 @@ def run_load(
 def first_success(port: int, request: Request, *, timeout: float, interval: float = 0.002) -> float:
     """Send `request` on a new connection until it gets an expected status; when it did."""
     deadline = time.monotonic() + timeout
+    last = "no answer"
     while time.monotonic() < deadline:
         connection = http.client.HTTPConnection("127.0.0.1", port, timeout=timeout)
         try:
@@ -185,15 +186,18 @@ def first_success(port: int, request: Request, *, timeout: float, interval: floa
                 request.method, request.path, body=request.body, headers=dict(request.headers)
             )
             response = connection.getresponse()
-            response.read()
+            body = response.read()
             if response.status in request.expect:
                 return time.monotonic()
-        except (OSError, http.client.HTTPException):
-            pass
+            last = f"HTTP {response.status} {body[:300]!r}"
+        except (OSError, http.client.HTTPException) as error:
+            last = repr(error)
         finally:
             connection.close()
         time.sleep(interval)
-    raise TimeoutError(f"no {sorted(request.expect)} from port {port} within {timeout}s")
+    raise TimeoutError(
+        f"no {sorted(request.expect)} from port {port} within {timeout}s; last: {last}"
+    )
 
 
 def wait_for_listen(port: int, *, timeout: float, interval: float = 0.002) -> float:

@@ -481,8 +481,13 @@ def run(size: Size, workdir: Path) -> tuple[list[Figure], dict[str, Any]]:
 
 
 def show_logs(workdir: Path, lines: int = 15) -> None:
-    """The last lines of every process's output, on stderr."""
-    for path in sorted(workdir.rglob("*.log")):
+    """The last lines of every process's output, on stderr, the stack written to last at the
+    end: that is the one that failed, and a reader sees the tail of stderr."""
+    paths = sorted(workdir.rglob("*.log"))
+    latest: dict[Path, float] = {}
+    for path in paths:
+        latest[path.parent] = max(latest.get(path.parent, 0.0), path.stat().st_mtime)
+    for path in sorted(paths, key=lambda path: latest[path.parent]):
         tail = path.read_text(errors="replace").splitlines()[-lines:]
         log(f"--- {path.relative_to(workdir)} (last {len(tail)} lines)")
         for line in tail:
