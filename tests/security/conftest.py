@@ -486,15 +486,14 @@ class SchemathesisTally:
 SCHEMATHESIS = SchemathesisTally()
 # Hypothesis runs nested in a test (not seen by hypothesis's plugin): cases per description.
 NESTED_HYPOTHESIS: Counter[str] = Counter()
-# Rotation waits out the key set's refetch interval; last, it rarely has to.
-RUN_LAST = ("test_new_signing_key_is_accepted_without_restart",)
 _HYPOTHESIS_STATS = "_hypothesis_stats"  # where hypothesis's pytest plugin keeps them
 _CASES = re.compile(r"(\d+) passing, (\d+) failing, and (\d+) invalid test cases")
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
-    """Move the key rotation test to the end of the security tests."""
-    last = [i for i in items if i.name in RUN_LAST and "tests/security/" in i.nodeid]
+    """Move tests marked `run_last` (key rotation waits out the key set's refetch interval,
+    which the tests before it have mostly spent) to the end of the security tests."""
+    last = [i for i in items if i.get_closest_marker("run_last") and "tests/security/" in i.nodeid]
     for item in last:
         items.remove(item)
     ours = [n for n, item in enumerate(items) if "tests/security/" in item.nodeid]

@@ -229,6 +229,7 @@ def test_the_key_set_is_cached_and_unknown_kids_cannot_hammer_it(
     assert len(keys.fetches) - before <= 1
 
 
+@pytest.mark.run_last
 def test_rotation_accepts_the_new_key_and_ends_the_revoked_ones_tokens(
     security_stack: SecurityStack,
 ) -> None:
