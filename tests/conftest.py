@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import os
+import shutil
 import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -172,3 +173,43 @@ def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) ->
     outcome = yield
     report = outcome.get_result()  # type: ignore[attr-defined]
     setattr(item, f"rep_{report.when}", report)
+
+
+# Whole-stack tests (functions, emulator and stub model as processes) marked `one_database_path`
+# run on one database path: through PgBouncer where that variant runs (production's path:
+# Supabase's pooler in transaction mode), else straight to Postgres. What differs between the
+# paths is the database layer, which its own tests and the fault suite run on both.
+_PGBOUNCER_RUNS = {
+    "app_database_url": lambda: bool(os.environ.get("TEST_PGBOUNCER")),
+    "fault_database": lambda: shutil.which("pgbouncer") is not None,
+}
+_ONE_PATH = "one_database_path"
+_left_out = pytest.StashKey[int]()
+
+
+def _direct_variant_left_out(item: pytest.Item) -> bool:
+    params = getattr(getattr(item, "callspec", None), "params", {})
+    return item.get_closest_marker(_ONE_PATH) is not None and any(
+        params.get(name) == "direct" and pgbouncer_runs()
+        for name, pgbouncer_runs in _PGBOUNCER_RUNS.items()
+    )
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """Deselect the direct variant of `one_database_path` tests whose PgBouncer variant runs."""
+    left_out = [item for item in items if _direct_variant_left_out(item)]
+    if left_out:
+        config.hook.pytest_deselected(items=left_out)
+        dropped = set(left_out)
+        items[:] = [item for item in items if item not in dropped]
+        config.stash[_left_out] = len(left_out)
+
+
+def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:
+    """Say why tests were deselected, so nobody takes it for a skip."""
+    count = terminalreporter.config.stash.get(_left_out, 0)
+    if count:
+        terminalreporter.write_line(
+            f"{_ONE_PATH}: {count} direct variants of whole-stack tests deselected; "
+            "they ran through PgBouncer (tests/conftest.py says why)"
+        )

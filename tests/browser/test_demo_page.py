@@ -21,7 +21,8 @@ from selenium.webdriver.support.ui import Select, WebDriverWait
 from genjobs.auth.minting import DEMO_USER_ID
 from tests.stack import Stack
 
-pytestmark = pytest.mark.e2e
+# A whole stack: run through PgBouncer only, where that variant runs (tests/conftest.py).
+pytestmark = [pytest.mark.e2e, pytest.mark.one_database_path]
 
 CHROMIUM = Path("/usr/bin/chromium")
 CHROMEDRIVER = Path("/usr/bin/chromedriver")

@@ -23,6 +23,9 @@ from genjobs.tasks import TASKS
 from tests.openapi_check import assert_conforms
 from tests.stack import Stack
 
+# A whole stack: run through PgBouncer only, where that variant runs (tests/conftest.py).
+pytestmark = pytest.mark.one_database_path
+
 SUMMARIZE = {"task": "summarize", "input": {"text": "Pub/Sub pushes each job to the worker."}}
 
 

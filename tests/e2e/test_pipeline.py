@@ -9,11 +9,15 @@ from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 import httpx
+import pytest
 from sqlalchemy import text
 
 from genjobs import store
 from genjobs.db import Database
 from tests.stack import Stack
+
+# A whole stack: run through PgBouncer only, where that variant runs (tests/conftest.py).
+pytestmark = pytest.mark.one_database_path
 
 MAX_DELIVERY_ATTEMPTS = 5  # infra/pubsub.yaml, generation-jobs-worker
 

@@ -14,6 +14,9 @@ import pytest
 
 from tests.stack import Stack
 
+# A whole stack: run through PgBouncer only, where that variant runs (tests/conftest.py).
+pytestmark = pytest.mark.one_database_path
+
 TERMINAL = {"succeeded", "failed", "cancelled"}
 
 

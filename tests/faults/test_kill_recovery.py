@@ -13,6 +13,10 @@ from tests.faults.conftest import FaultDatabase
 from tests.faults.test_recovery import event_counts, submit
 from tests.stack import Stack, free_ports, running_stack
 
+# What it tests is the shipped lease timing, not the database path: one path is enough
+# (PgBouncer's where it runs, tests/conftest.py).
+pytestmark = pytest.mark.one_database_path
+
 
 @pytest.fixture(scope="module")
 def shipped_stack(

@@ -9,6 +9,8 @@ import threading
 import uuid
 from typing import Any
 
+import pytest
+
 from genjobs.logs import (
     TRACE_KEY,
     CloudJsonFormatter,
@@ -17,6 +19,9 @@ from genjobs.logs import (
     trace_id_from_headers,
 )
 from tests.stack import Stack
+
+# A whole stack: run through PgBouncer only, where that variant runs (tests/conftest.py).
+pytestmark = pytest.mark.one_database_path
 
 TRACE = "0af7651916cd43dd8448eb211c80319c"
 

@@ -90,6 +90,7 @@ def replayed(summary: Summary) -> list[uuid.UUID | None]:
     return sorted((r.job_id for r in summary.results if r.action is Action.REPLAYED), key=str)
 
 
+@pytest.mark.one_database_path  # a whole stack (tests/conftest.py)
 def test_dry_run_then_all_messages_replayed_and_acked(
     stack: Stack, db: Database, queue: DeadLetterSubscription
 ) -> None:
@@ -110,6 +111,7 @@ def test_dry_run_then_all_messages_replayed_and_acked(
     assert replay(db, queue).results == []  # the messages are gone
 
 
+@pytest.mark.one_database_path  # a whole stack (tests/conftest.py)
 def test_limit_replays_that_many_and_leaves_the_rest(
     stack: Stack, db: Database, queue: DeadLetterSubscription
 ) -> None:
@@ -120,6 +122,7 @@ def test_limit_replays_that_many_and_leaves_the_rest(
     assert replayed(rest) == sorted(set(jobs) - set(replayed(first)), key=str)
 
 
+@pytest.mark.one_database_path  # a whole stack (tests/conftest.py)
 def test_one_job_replayed_and_the_other_messages_released(
     stack: Stack, db: Database, queue: DeadLetterSubscription
 ) -> None:
@@ -272,6 +275,7 @@ def cli(stack: Stack, db_url: str, *args: str) -> dict[str, Any]:
     return summary
 
 
+@pytest.mark.one_database_path  # a whole stack (tests/conftest.py)
 def test_dead_lettered_job_succeeds_after_replay_end_to_end(
     stack: Stack, stack_db: Database, queue: DeadLetterSubscription, stack_database_url: str
 ) -> None:
