@@ -32,6 +32,7 @@ class ColdStart:
     seconds: float
     runs: list[float]
     listening_seconds: float | None  # median: process start → port accepting
+    idle_before: list[float]  # the CPUs' idle share just before each repetition
 
 
 def measure(stack: Stack, size: Size, logs: Path) -> dict[str, ColdStart]:
@@ -44,6 +45,7 @@ def measure(stack: Stack, size: Size, logs: Path) -> dict[str, ColdStart]:
     names = (*BASELINES, *CONNECT_FLOORS, "api", "worker")
     runs: dict[str, list[float]] = {name: [] for name in names}
     listening: dict[str, list[float]] = {"api": [], "worker": []}
+    idle: list[float] = []
     # The connect floors reach what the functions reach: the api's floor publishes to the
     # sink topic, as the cold api does; the worker's calls the stack's stub model.
     envs = {
@@ -52,6 +54,7 @@ def measure(stack: Stack, size: Size, logs: Path) -> dict[str, ColdStart]:
     }
     try:
         for attempt in range(size.cold_starts):
+            idle.append(wait_for_quiet())
             for target in BASELINES:
                 runs[target].append(baseline.cold_start(logs, target))
             for target, function in CONNECT_FLOORS.items():
@@ -67,9 +70,40 @@ def measure(stack: Stack, size: Size, logs: Path) -> dict[str, ColdStart]:
             statistics.median(times),
             times,
             statistics.median(listening[name]) if listening.get(name) else None,
+            idle,
         )
         for name, times in runs.items()
     }
+
+
+def wait_for_quiet(idle: float = 0.8, window: float = 0.5, timeout: float = 30.0) -> float:
+    """Wait until the machine's CPUs are mostly idle over a window; that share.
+
+    A cold start is one process's CPU work: on two shared vCPUs, whatever else still runs
+    after the load figures would lengthen the function's starts and the floors' unevenly.
+    Gives up after `timeout` and measures anyway; the share is in the figure's details.
+    """
+    deadline = time.monotonic() + timeout
+    while True:
+        before = _cpu_times()
+        time.sleep(window)
+        after = _cpu_times()
+        busy, total = after[0] - before[0], after[1] - before[1]
+        share = 1 - busy / total if total else 1.0
+        if share >= idle or time.monotonic() > deadline:
+            return round(share, 3)
+
+
+def _cpu_times() -> tuple[int, int]:
+    """(busy, total) jiffies of all CPUs since boot, from /proc/stat (Linux)."""
+    try:
+        # user nice system idle iowait irq softirq steal (guest time is already in user)
+        first = Path("/proc/stat").read_text().split("\n", 1)[0]
+        fields = [int(x) for x in first.split()[1:9]]
+    except OSError:
+        return (0, 0)  # not Linux: measure at once
+    idle = fields[3] + fields[4]  # idle, iowait
+    return (sum(fields) - idle, sum(fields))
 
 
 def _api_once(stack: Stack, attempt: int, logs: Path) -> tuple[float, float]:
