@@ -60,7 +60,24 @@ WORKER_LIBRARIES = ("sqlalchemy", "pg8000", "pydantic", "jwt", "openai")
 def _imported(libraries: tuple[str, ...]) -> tuple[str, int]:
     for name in libraries:
         importlib.import_module(name)
+    if "pydantic" in libraries:
+        _one_model()
     return "ok", 200
+
+
+def _one_model() -> None:
+    """One pydantic model defined and used: the least that validates with pydantic.
+
+    `import pydantic` (v2) loads a shim; its core loads with the first model: here 105
+    modules and 0.07-0.11 s for a one-field model, against 0.5 ms for the second. A floor
+    that only imports it leaves that to the function.
+    """
+    from pydantic import BaseModel
+
+    class Floor(BaseModel):
+        x: int
+
+    Floor.model_validate({"x": 1})
 
 
 @functions_framework.http
