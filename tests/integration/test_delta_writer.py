@@ -35,6 +35,14 @@ def deltas(db: Database, job_id: uuid.UUID) -> list[tuple[int, str]]:
         return [(r.seq, r.text) for r in rows]
 
 
+def wait_for_first_words(db: Database, job_id: uuid.UUID, timeout: float = 5) -> None:
+    """Until the job has a delta row (the first-text timer wrote it)."""
+    deadline = time.monotonic() + timeout
+    while not deltas(db, job_id):
+        assert time.monotonic() < deadline, "the first words were never written"
+        time.sleep(0.02)
+
+
 def test_an_answer_that_arrives_whole_is_left_for_the_outcome(
     clean_db: Database, job_factory: JobFactory
 ) -> None:
@@ -53,10 +61,7 @@ def test_first_words_followed_by_silence_are_written_by_the_timer(
     writer = DeltaWriter(clean_db, job, flush_seconds=0.2, lease_seconds=30, first_seconds=0.05)
     assert writer("First words") is True
     assert deltas(clean_db, job.id) == []  # not at once: more may be on its way
-    deadline = time.monotonic() + 5
-    while not deltas(clean_db, job.id):
-        assert time.monotonic() < deadline, "the first words were never written"
-        time.sleep(0.02)
+    wait_for_first_words(clean_db, job.id)
     assert deltas(clean_db, job.id) == [(0, "First words")]
     # What follows goes in order after them, here with the outcome.
     assert writer(", then more.") is True
@@ -147,10 +152,7 @@ def test_first_words_are_written_once_the_stream_waits_on_the_network(
     time.sleep(0.2)
     assert deltas(clean_db, job.id) == []  # still parsing: nothing yet
     reads.waiting = True
-    deadline = time.monotonic() + 5
-    while not deltas(clean_db, job.id):
-        assert time.monotonic() < deadline, "the first words were never written"
-        time.sleep(0.02)
+    wait_for_first_words(clean_db, job.id)
     assert deltas(clean_db, job.id) == [(0, "First words")]
     assert writer.take_tail() is None
 
@@ -168,10 +170,7 @@ def test_a_stream_found_waiting_is_looked_at_again_before_its_first_words_are_wr
     writer("First")
     time.sleep(1.05)  # the timer has found it waiting once; it looks again 0.2 s later
     writer(" words")
-    deadline = time.monotonic() + 5
-    while not deltas(clean_db, job.id):
-        assert time.monotonic() < deadline, "the first words were never written"
-        time.sleep(0.02)
+    wait_for_first_words(clean_db, job.id)
     assert deltas(clean_db, job.id) == [(0, "First words")]
 
 

@@ -70,6 +70,29 @@ class Around:
         return generation
 
 
+class RaisingModel:
+    """A model whose every call, whole or streamed, raises a new `error()`; counts the calls."""
+
+    def __init__(self, error: Callable[[], Exception]) -> None:
+        self.error = error
+        self.calls = 0
+
+    def generate(self, task: Task, messages: Sequence[Message], *, timeout: float) -> ModelAnswer:
+        self.calls += 1
+        raise self.error()
+
+    def stream(
+        self,
+        task: Task,
+        messages: Sequence[Message],
+        *,
+        timeout: float,
+        on_text: Callable[[str], bool],
+        reads: StreamReads | None = None,
+    ) -> ModelAnswer:
+        return self.generate(task, messages, timeout=timeout)
+
+
 @pytest.fixture(scope="module")
 def stub() -> Iterator[StubModelServer]:
     server = StubModelServer(hang_seconds=5).start()
@@ -432,25 +455,9 @@ def test_unexpected_error_nacks_and_requeues_at_once(
     caplog: pytest.LogCaptureFixture,
     job_factory: JobFactory,
 ) -> None:
-    class Broken:
-        def generate(
-            self, task: Task, messages: Sequence[Message], *, timeout: float
-        ) -> ModelAnswer:
-            raise RuntimeError("a bug")
-
-        def stream(
-            self,
-            task: Task,
-            messages: Sequence[Message],
-            *,
-            timeout: float,
-            on_text: Any,
-            reads: Any = None,
-        ) -> ModelAnswer:
-            raise RuntimeError("a bug")
-
     job = job_factory(unique("hits a bug"))
-    answer = make_worker(settings, clean_db, Broken()).handle(TOKEN, envelope(job.id))
+    broken = RaisingModel(lambda: RuntimeError("a bug"))
+    answer = make_worker(settings, clean_db, broken).handle(TOKEN, envelope(job.id))
     assert answer.status == 500
     requeued = reload(clean_db, job.id)
     assert requeued.status is Status.QUEUED and requeued.error is not None
@@ -476,27 +483,11 @@ def test_logs_carry_the_job_and_never_the_token(
     assert all(TOKEN not in str(vars(r)) for r in caplog.records)
 
 
-class RateLimitedModel:
+def rate_limited(retry_after: float) -> RaisingModel:
     """The model answering 429 with a reset far beyond Pub/Sub's minimum backoff."""
-
-    def __init__(self, retry_after: float) -> None:
-        self.retry_after = retry_after
-        self.calls = 0
-
-    def generate(self, task: Task, messages: Sequence[Message], *, timeout: float) -> ModelAnswer:
-        self.calls += 1
-        raise ModelUnavailable("rate limited", retry_after=self.retry_after, code="rate_limited")
-
-    def stream(
-        self,
-        task: Task,
-        messages: Sequence[Message],
-        *,
-        timeout: float,
-        on_text: Any,
-        reads: Any = None,
-    ) -> ModelAnswer:
-        return self.generate(task, messages, timeout=timeout)
+    return RaisingModel(
+        lambda: ModelUnavailable("rate limited", retry_after=retry_after, code="rate_limited")
+    )
 
 
 def test_long_rate_limit_defers_the_job_without_spending_its_attempt(
@@ -504,7 +495,7 @@ def test_long_rate_limit_defers_the_job_without_spending_its_attempt(
     clean_db: Database,
     job_factory: JobFactory,
 ) -> None:
-    model = RateLimitedModel(retry_after=120)
+    model = rate_limited(retry_after=120)
     worker = make_worker(settings, clean_db, model)
     job = job_factory(unique("rate limited for two minutes"), max_attempts=5)
     first = worker.handle(TOKEN, envelope(job.id))
@@ -521,7 +512,7 @@ def test_long_rate_limit_defers_the_job_without_spending_its_attempt(
 def test_short_rate_limit_is_left_to_pubsub_backoff(
     settings: Settings, clean_db: Database, job_factory: JobFactory
 ) -> None:
-    worker = make_worker(settings, clean_db, RateLimitedModel(retry_after=2))
+    worker = make_worker(settings, clean_db, rate_limited(retry_after=2))
     job = job_factory(unique("rate limited briefly"))
     answer = worker.handle(TOKEN, envelope(job.id))
     assert answer.status == 503 and answer.headers["Retry-After"] == "2"
